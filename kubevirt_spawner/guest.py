@@ -1,0 +1,94 @@
+"""The local lab guest: where its artefacts live and the per-VM initramfs.
+
+The guest itself is built by ``images/guest/build.sh`` (``make guest``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cpio import Entry, gzip_archive
+from .sshkeys import KeyPair
+
+BUILD_COMMAND = "make guest"
+
+
+def cache_dir() -> Path:
+    """Where slow artefacts (guest kernel, rootfs, control-plane binaries) are cached.
+
+    ``$KVS_CACHE_DIR`` if set; else /var/cache/kubevirt-spawner for root (so
+    that students' processes can read the guest), else ~/.cache/kubevirt-spawner.
+    """
+    if os.environ.get("KVS_CACHE_DIR"):
+        return Path(os.environ["KVS_CACHE_DIR"])
+    if os.getuid() == 0:
+        return Path("/var/cache/kubevirt-spawner")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "kubevirt-spawner"
+
+
+def default_guest_dir() -> Path:
+    return cache_dir() / "guest" / "current"
+
+
+class GuestNotBuilt(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Guest:
+    """A built guest: kernel, symbols, build tree, initramfs."""
+
+    root: Path
+
+    kernel = property(lambda self: self.root / "bzImage")
+    vmlinux = property(lambda self: self.root / "vmlinux")
+    kdir = property(lambda self: self.root / "kdir")
+    initramfs = property(lambda self: self.root / "initramfs.cpio.gz")
+
+    @property
+    def arch(self) -> str:
+        return (self.root / "arch").read_text().strip()
+
+    @property
+    def kernel_release(self) -> str:
+        return (self.root / "kernelrelease").read_text().strip()
+
+    @classmethod
+    def find(cls, root: str | os.PathLike) -> Guest:
+        """The guest at ``root``; GuestNotBuilt naming the build command if incomplete."""
+        guest = cls(Path(root))
+        missing = [p.name for p in (guest.kernel, guest.vmlinux, guest.initramfs) if not p.exists()]
+        if missing:
+            raise GuestNotBuilt(
+                f"The lab VM's guest is not built ({', '.join(missing)} missing in {root}). "
+                f"Build it once with `{BUILD_COMMAND}` (about 10 minutes)."
+            )
+        return guest
+
+
+def per_vm_files(user_key: KeyPair, host_key: KeyPair) -> list[Entry]:
+    """The files that make one VM someone's: who may log in, and who it is."""
+    return [
+        Entry("root", 0o700),
+        Entry("root/.ssh", 0o700),
+        Entry("root/.ssh/authorized_keys", 0o600, (user_key.public_line + "\n").encode()),
+        Entry("etc", 0o755),
+        Entry("etc/dropbear", 0o700),
+        Entry("etc/dropbear/dropbear_ed25519_host_key", 0o600, host_key.dropbear_private),
+    ]
+
+
+def write_vm_initrd(guest: Guest, dest: Path, user_key: KeyPair, host_key: KeyPair) -> None:
+    """Write the shared initramfs followed by this VM's own archive to ``dest``.
+
+    The kernel unpacks both in order, so the second one's files land in the
+    same root filesystem.
+    """
+    base = guest.initramfs.read_bytes()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base)
+        f.write(gzip_archive(per_vm_files(user_key, host_key)))

@@ -1,0 +1,104 @@
+"""``labvm``: the student's command for their lab VM.
+
+    labvm status | ssh [CMD...] | console | gdb | push FILE... [--to DIR]
+          insmod FILE.ko [PARAM=VALUE...] | dmesg | boot-kernel BZIMAGE | reset
+
+Errors are one line on stderr and a non-zero exit (1: the VM or the request
+failed; 2: the command line was wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from .lab import LabEnv, LabError, LabVM, gdb_argv, ssh_argv
+
+DESCRIPTION = "Work with your lab VM: run commands in it, load modules, debug its kernel."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labvm", description=DESCRIPTION)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("status", help="is the VM up; its kernel and uptime")
+    s = sub.add_parser("ssh", help="a shell in the VM, or run CMD there")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run in the VM")
+    sub.add_parser("console", help="the VM's serial console (Ctrl-] leaves)")
+    g = sub.add_parser("gdb", help="gdb on the VM's kernel, with symbols, attached")
+    g.add_argument("gdb_args", nargs=argparse.REMAINDER, help="extra gdb arguments")
+    s = sub.add_parser("push", help="copy files into the VM")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--to", default="/root", metavar="DIR", help="directory in the VM (/root)")
+    s = sub.add_parser("insmod", help="copy a module into the VM and load it")
+    s.add_argument("module", metavar="FILE.ko")
+    s.add_argument("params", nargs="*", metavar="PARAM=VALUE")
+    sub.add_parser("dmesg", help="the VM's kernel log")
+    s = sub.add_parser("boot-kernel", help="boot the VM on your own bzImage (kexec)")
+    s.add_argument("bzimage", metavar="BZIMAGE")
+    sub.add_parser("reset", help="restart the VM afresh on the course kernel")
+    return p
+
+
+def _exec(argv: list[str]) -> int:
+    if not shutil.which(argv[0]):
+        raise LabError(f"{argv[0]} is not installed in this environment.")
+    os.execvp(argv[0], argv)
+    return 127  # not reached
+
+
+def run(args: argparse.Namespace) -> int:
+    env = LabEnv.from_environ()
+    vm = LabVM(env)
+    cmd = args.command
+    if cmd == "status":
+        info = vm.status()
+        for key, value in info.items():
+            print(f"{key:9} {value}")
+        if not info["ssh"]:
+            raise LabError("The VM does not answer ssh. `labvm console` shows what it printed.")
+    elif cmd == "ssh":
+        command = " ".join(args.cmd) if args.cmd else None
+        return _exec(ssh_argv(env, command, tty=command is None and sys.stdin.isatty()))
+    elif cmd == "console":
+        if not env.console_socket:
+            raise LabError("This backend has no console socket; use `labvm ssh`.")
+        if not os.path.exists(env.console_socket):
+            raise LabError("The VM's console is not there: is the VM running? Try `labvm status`.")
+        if sys.stdin.isatty():
+            print("Connected to the VM's console. Press Ctrl-] to leave.", file=sys.stderr)
+            local = "-,raw,echo=0,escape=0x1d"
+        else:
+            local = "-"
+        return _exec(["socat", local, f"UNIX-CONNECT:{env.console_socket}"])
+    elif cmd == "gdb":
+        return _exec(gdb_argv(env) + args.gdb_args)
+    elif cmd == "push":
+        for path in vm.push(*args.files, dest=args.to):
+            print(path)
+    elif cmd == "insmod":
+        print(vm.insmod(args.module, *args.params), end="")
+    elif cmd == "dmesg":
+        print(vm.dmesg(), end="")
+    elif cmd == "boot-kernel":
+        print(f"VM now runs {vm.boot_kernel(args.bzimage)}")
+    elif cmd == "reset":
+        vm.reset()
+        print("VM reset: it runs the course kernel again, with a fresh root filesystem.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except LabError as e:
+        print(f"labvm: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""LocalVMSpawner: a QEMU debug VM and a JupyterLab per student, on one machine.
+
+The JupyterHub-facing class only turns settings into a ``VMSpec`` and
+drives the plain async helpers in ``vmprocess``; see DESIGN.md for the
+lifecycle and the ``LAB_*`` contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
+
+from . import vmprocess
+from .guest import Guest, GuestNotBuilt, default_guest_dir, write_vm_initrd
+from .lab import LabEnv, ssh_argv
+from .profiles import ProfileError, check_profiles, choose_profile
+from .qemu import QEMU_BINARIES, RunDir, VMSpec, gdb_remote_for_socket, probe_kvm, qemu_argv
+from .sshkeys import known_hosts_line, make_ssh_keypair
+from .vmprocess import ProcessId, VMStartError
+
+_POSIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def runtime_dir_name(username: str) -> str:
+    """A directory name for ``username``: the name itself when it is short and
+    plain, else a readable prefix plus a hash, so that every name is unique,
+    filesystem-safe and short enough for unix-socket paths."""
+    if re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,31}", username) and username not in (".", ".."):
+        return username
+    prefix = re.sub(r"[^a-z0-9]+", "-", username.lower()).strip("-")[:16] or "user"
+    return f"{prefix}-{hashlib.sha256(username.encode()).hexdigest()[:10]}"
+
+
+def default_runtime_root() -> str:
+    if os.getuid() == 0:
+        return "/run/kubevirt-spawner"
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"kubevirt-spawner-{os.getuid()}")
+
+
+def pick_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+class SpawnError(Exception):
+    """A spawn failure whose message is meant for the student."""
+
+
+class LocalVMSpawner(LocalProcessSpawner):
+    """Start, per student, a QEMU VM in debug mode and a JupyterLab beside it.
+
+    Run as root, each student's VM and notebook run under the student's own
+    system account; the VM's gdb, console and monitor sockets live in a 0700
+    directory only that account can enter. Run as an ordinary user, every
+    student shares that user's account (fine for a demo, not for a class).
+    """
+
+    guest_dir = Unicode(
+        help="""Directory holding the built guest: bzImage, vmlinux, kdir and
+        initramfs.cpio.gz. Build it with `make guest`. Default: the `current`
+        guest in the cache ($KVS_CACHE_DIR, else /var/cache/kubevirt-spawner
+        for root, else ~/.cache/kubevirt-spawner).""",
+    ).tag(config=True)
+
+    @default("guest_dir")
+    def _default_guest_dir(self):
+        return str(default_guest_dir())
+
+    qemu_binary = Unicode(
+        "",
+        help="QEMU executable. Empty: qemu-system-x86_64 (or -aarch64) from PATH.",
+    ).tag(config=True)
+
+    accel = Enum(
+        ["auto", "kvm", "tcg"],
+        "auto",
+        help="""QEMU accelerator. `auto` uses KVM only when a short probe boot
+        under KVM prints the kernel banner (a present /dev/kvm is not enough:
+        some hosts spin or abort), and TCG otherwise. The choice and its reason
+        are logged and shown in the spawn progress.""",
+    ).tag(config=True)
+
+    kvm_probe_timeout = Float(
+        10.0, help="Seconds the KVM probe boot may take before TCG is chosen."
+    ).tag(config=True)
+
+    vm_memory_mb = Integer(256, help="VM memory in MiB.").tag(config=True)
+    vm_cpus = Integer(1, help="Virtual CPUs per VM.").tag(config=True)
+    vm_boot_timeout = Float(
+        120.0,
+        help="""Seconds from starting QEMU until the VM must answer ssh. Under
+        TCG the lab kernel needs about 5 s; a kernel panic fails the spawn at
+        once, with the console's last lines.""",
+    ).tag(config=True)
+    vm_edu_device = Bool(
+        True, help="Add QEMU's `edu` PCI device (1234:11e8) for the driver lab (x86_64)."
+    ).tag(config=True)
+    vm_network_restrict = Bool(
+        True,
+        help="""Cut the VM off from the host and the internet (QEMU user-mode
+        networking with restrict=on); the ssh forward still works. Turn off
+        only if labs need to download from inside the VM.""",
+    ).tag(config=True)
+    vm_kernel_args = List(
+        Unicode(), help="Extra guest kernel command-line arguments, e.g. ['loglevel=7']."
+    ).tag(config=True)
+    vm_extra_qemu_args = List(Unicode(), help="Extra QEMU arguments, appended last.").tag(
+        config=True
+    )
+    with_vm = Bool(
+        True,
+        help="""Start a VM with the notebook. Profiles for application-level
+        labs may set it False: then no LAB_VM_* variables are set and `labvm`
+        says the server has no VM.""",
+    ).tag(config=True)
+    ssh_port = Integer(
+        0,
+        help="""Loopback port forwarded to the VM's ssh. 0 (default) picks a
+        free one per VM. A fixed port only makes sense with one student.""",
+    ).tag(config=True)
+    runtime_root = Unicode(
+        help="""Directory under which each server gets a private 0700 runtime
+        directory (sockets, console log, keys). Default /run/kubevirt-spawner
+        for root, else under $XDG_RUNTIME_DIR or /tmp. Keep it short: unix
+        socket paths are limited to 107 bytes.""",
+    ).tag(config=True)
+
+    @default("runtime_root")
+    def _default_runtime_root(self):
+        return default_runtime_root()
+
+    create_system_users = Bool(
+        False,
+        help="""When the hub runs as root and a student has no system account,
+        create one (useradd, locked password, home under /home). Off: such a
+        spawn fails with a message naming the missing account.""",
+    ).tag(config=True)
+    shared_home_template = Unicode(
+        "~/kubevirt-spawner-homes/{username}",
+        help="""When the hub does not run as root, students share its account
+        and each gets this directory as notebook root ({username} expands).""",
+    ).tag(config=True)
+    profile_list = List(
+        Dict(),
+        help="""Choices shown on the spawn page, kubespawner-style: each a dict
+        with display_name, optional slug, description and default, and
+        spawner_override (a dict of LocalVMSpawner settings, e.g.
+        {'with_vm': False} or {'vm_memory_mb': 512}).""",
+    ).tag(config=True)
+
+    @validate("profile_list")
+    def _check_profile_list(self, proposal):
+        check_profiles(proposal.value, "spawner_override")
+        return proposal.value
+
+    # -- state kept across hub restarts ---------------------------------
+    vm_pid = Integer(0)
+    vm_start_time = Integer(0)
+    vm_ssh_port = Integer(0)
+    rundir_path = Unicode("")
+    vm_active = Bool(False)
+
+    _accel_cache: dict = {}
+
+    def get_state(self):
+        state = super().get_state()
+        if self.rundir_path:
+            state.update(
+                rundir=self.rundir_path,
+                vm_pid=self.vm_pid,
+                vm_start_time=self.vm_start_time,
+                vm_ssh_port=self.vm_ssh_port,
+            )
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.rundir_path = state.get("rundir", "")
+        self.vm_pid = state.get("vm_pid", 0)
+        self.vm_start_time = state.get("vm_start_time", 0)
+        self.vm_ssh_port = state.get("vm_ssh_port", 0)
+        self.vm_active = bool(self.vm_pid)
+
+    def clear_state(self):
+        super().clear_state()
+        self.vm_pid = self.vm_start_time = self.vm_ssh_port = 0
+        self.vm_active = False
+
+    # -- profile and account ---------------------------------------------
+    def options_form(self, spawner):
+        if len(self.profile_list) < 2:
+            return ""
+        rows = []
+        for i, p in enumerate(self.profile_list):
+            from .profiles import profile_slug
+
+            checked = "checked" if p.get("default") or (i == 0) else ""
+            rows.append(
+                f'<label style="display:block;margin:.5em 0"><input type="radio" name="profile" '
+                f'value="{profile_slug(p)}" {checked}> <b>{p["display_name"]}</b> '
+                f"{p.get('description', '')}</label>"
+            )
+        return "\n".join(rows)
+
+    def options_from_form(self, formdata):
+        return {"profile": formdata.get("profile", [""])[0]}
+
+    def _apply_profile(self) -> str:
+        try:
+            profile = choose_profile(self.profile_list, self.user_options or {})
+        except ProfileError as e:
+            raise SpawnError(str(e)) from None
+        if profile is None:
+            return ""
+        for key, value in profile.get("spawner_override", {}).items():
+            if not self.has_trait(key):
+                raise SpawnError(f"profile {profile['display_name']!r} sets unknown setting {key!r}")
+            setattr(self, key, value)
+        return profile["display_name"]
+
+    @property
+    def _shared_account(self) -> bool:
+        return os.getuid() != 0
+
+    async def _account(self) -> Account:
+        if self._shared_account:
+            pw = pwd.getpwuid(os.getuid())
+            home = os.path.expanduser(self.shared_home_template.format(username=self.user.name))
+            os.makedirs(home, mode=0o700, exist_ok=True)
+            return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, home)
+        name = self.user.name
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            if not self.create_system_users:
+                raise SpawnError(
+                    f"There is no system account named {name!r} on this server. Ask an "
+                    "administrator to create it, or set LocalVMSpawner.create_system_users = True."
+                ) from None
+            if not _POSIX_NAME.fullmatch(name):
+                raise SpawnError(
+                    f"Cannot create a system account for {name!r}: account names must be "
+                    "lower-case letters, digits, '_' or '-', at most 32 characters."
+                ) from None
+            self.log.info("Creating system account %s", name)
+            proc = await asyncio.create_subprocess_exec(
+                "useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise SpawnError(f"useradd {name} failed: {out.decode().strip()}") from None
+            pw = pwd.getpwnam(name)
+        return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+    def make_preexec_fn(self, name):
+        if self._shared_account:
+            return None
+        return super().make_preexec_fn(name)
+
+    def user_env(self, env):
+        if self._shared_account:
+            env["USER"] = self.user.name
+            return env
+        return super().user_env(env)
+
+    def get_args(self):
+        args = super().get_args()
+        if self._shared_account:
+            home = os.path.expanduser(self.shared_home_template.format(username=self.user.name))
+            args.append(f"--ServerApp.root_dir={home}")
+        return args
+
+    # -- the VM ------------------------------------------------------------
+    @property
+    def rundir(self) -> RunDir:
+        return RunDir(Path(self.rundir_path))
+
+    def _progress(self, percent: int, message: str) -> None:
+        self.log.info("Spawn %s: %s", self._log_name, message)
+        self._events.append({"progress": percent, "message": message})
+
+    def lab_env(self) -> LabEnv | None:
+        """The LAB_* view of this server's VM (None without a VM)."""
+        if not (self.with_vm and self.rundir_path):
+            return None
+        guest = Guest(Path(self.guest_dir))
+        rd = self.rundir
+        return LabEnv(
+            vm_host="127.0.0.1",
+            ssh_port=self.vm_ssh_port,
+            gdb_remote=gdb_remote_for_socket(rd.gdb_socket),
+            vmlinux=str(guest.vmlinux),
+            kdir=str(guest.kdir),
+            arch=guest.arch,
+            ssh_key=str(rd.ssh_key),
+            known_hosts=str(rd.known_hosts),
+            backend="local",
+            console_socket=str(rd.console_socket),
+            console_log=str(rd.console_log),
+            qmp_socket=str(rd.qmp_socket),
+            initrd=str(rd.initrd),
+        )
+
+    def get_env(self):
+        env = super().get_env()
+        # labvm lives beside the hub's Python; make it the student's too.
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", os.defpath)
+        lab = self.lab_env()
+        if lab:
+            env.update(lab.to_environ())
+        return env
+
+    async def _choose_accel(self, guest: Guest) -> tuple[str, str]:
+        if self.accel != "auto":
+            return self.accel, "set by LocalVMSpawner.accel"
+        key = (self._qemu_binary(guest), str(guest.kernel))
+        if key not in self._accel_cache:
+            ok, why = await probe_kvm(guest.kernel, key[0], self.kvm_probe_timeout)
+            self._accel_cache[key] = ("kvm" if ok else "tcg", why)
+        return self._accel_cache[key]
+
+    def _qemu_binary(self, guest: Guest) -> str:
+        return self.qemu_binary or QEMU_BINARIES.get(guest.arch, "qemu-system-x86_64")
+
+    def _prepare_rundir(self, account: Account) -> RunDir:
+        root = Path(self.runtime_root)
+        root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        try:
+            rd = RunDir(root / runtime_dir_name(self.user.name + (f".{self.name}" if self.name else "")))
+        except ValueError as e:
+            raise SpawnError(str(e)) from None
+        self.rundir_path = str(rd.path)
+        self._remove_rundir()
+        rd.path.mkdir(mode=0o700)
+        os.chown(rd.path, account.uid, account.gid)
+        return rd
+
+    def _remove_rundir(self) -> None:
+        path = Path(self.rundir_path) if self.rundir_path else None
+        if path and path.is_symlink():
+            path.unlink()
+        elif path and path.exists():
+            shutil.rmtree(path)
+
+    async def _stop_leftover_vm(self) -> None:
+        """Kill a QEMU that a previous run of this server left behind."""
+        idents = []
+        if self.vm_pid:
+            idents.append(ProcessId(self.vm_pid, self.vm_start_time))
+        if self.rundir_path:
+            try:
+                pid = int(self.rundir.pidfile.read_text().strip())
+                if (ident := vmprocess.identify(pid)) is not None:
+                    idents.append(ident)
+            except (OSError, ValueError):
+                pass
+        for ident in idents:
+            if vmprocess.is_same_process(ident, marker=self.rundir_path):
+                self.log.warning("Stopping leftover VM pid %d of %s", ident.pid, self._log_name)
+                await vmprocess.stop_process_group(ident)
+
+    async def _start_vm(self, guest: Guest, account: Account) -> None:
+        accel, why = await self._choose_accel(guest)
+        self._progress(5, f"Accelerator: {accel.upper()} ({why})")
+        rd = self._prepare_rundir(account)
+        user_key = make_ssh_keypair(f"{self.user.name}@labvm")
+        host_key = make_ssh_keypair("labvm-host")
+        write_vm_initrd(guest, rd.initrd, user_key, host_key)
+        fd = os.open(rd.ssh_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(user_key.private_openssh)
+        for _attempt in range(3):
+            port = self.ssh_port or pick_free_port()
+            rd.known_hosts.write_text(known_hosts_line("127.0.0.1", port, host_key.public_key))
+            rd.console_log.touch()
+            rd.qemu_log.write_bytes(b"")
+            for p in rd.path.iterdir():
+                os.chown(p, account.uid, account.gid)
+            spec = VMSpec(
+                rundir=rd, kernel=guest.kernel, initrd=rd.initrd, ssh_port=port, arch=guest.arch,
+                accel=accel, memory_mb=self.vm_memory_mb, cpus=self.vm_cpus,
+                edu=self.vm_edu_device, network_restrict=self.vm_network_restrict,
+                name=f"labvm-{runtime_dir_name(self.user.name)}"[:15],
+                kernel_args=tuple(self.vm_kernel_args), extra_args=tuple(self.vm_extra_qemu_args),
+            )  # fmt: skip
+            try:
+                argv = qemu_argv(spec, self._qemu_binary(guest))
+            except ValueError as e:
+                raise SpawnError(f"Bad VM settings: {e}") from None
+            self.log.info("Starting VM for %s: %s", self._log_name, " ".join(argv))
+            proc = vmprocess.start_qemu(argv, rd, account.uid, account.gid)
+            self._qemu = proc
+            self.vm_pid, self.vm_ssh_port, self.vm_active = proc.pid, port, True
+            await asyncio.sleep(0)
+            self.vm_start_time = vmprocess.proc_start_time(proc.pid) or 0
+            self._progress(10, f"VM booting ({accel.upper()}, {spec.memory_mb} MiB, {spec.cpus} CPU)")
+            try:
+                async for step in vmprocess.watch_boot(proc, rd, self.vm_boot_timeout):
+                    if step == "init":
+                        self._progress(40, "Kernel up")
+                return await self._await_ssh_and_gdb(rd, port)
+            except VMStartError:
+                if "host forwarding rule" not in vmprocess.tail(rd.qemu_log, 5):
+                    raise
+                if self.ssh_port:
+                    raise SpawnError(
+                        f"The VM's ssh port {port} (LocalVMSpawner.ssh_port) is already in use "
+                        "on 127.0.0.1; choose another or set it to 0."
+                    ) from None
+                self.log.warning("ssh port %d taken before QEMU bound it; retrying", port)
+        raise SpawnError("Could not find a free loopback port for the VM's ssh after 3 tries.")
+
+    async def _await_ssh_and_gdb(self, rd: RunDir, port: int) -> None:
+        env = self.lab_env()
+        deadline = self._vm_started + self.vm_boot_timeout
+        while True:
+            proc = await asyncio.create_subprocess_exec(
+                *ssh_argv(env, "true"), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                err = b"timed out"
+            if proc.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise VMStartError(f"The VM booted but ssh into it fails: {err.decode().strip()}")
+            await asyncio.sleep(0.5)
+        self._progress(60, f"ssh ready (127.0.0.1:{port})")
+        if not await vmprocess.gdbstub_answers(rd.gdb_socket):
+            raise VMStartError("The VM's gdb stub does not answer on its socket.")
+        self._progress(70, "gdb stub ready")
+
+    # -- lifecycle -----------------------------------------------------------
+    @property
+    def _log_name(self) -> str:
+        return self.user.name + (f":{self.name}" if self.name else "")
+
+    async def start(self):
+        self._events = []
+        self._start_done = False
+        self._vm_started = time.monotonic()
+        try:
+            profile = self._apply_profile()
+            if profile:
+                self._progress(2, f"Profile: {profile}")
+            account = await self._account()
+            await self._stop_leftover_vm()
+            if self.with_vm:
+                try:
+                    guest = Guest.find(self.guest_dir)
+                except GuestNotBuilt as e:
+                    raise SpawnError(str(e)) from None
+                try:
+                    await self._start_vm(guest, account)
+                except VMStartError as e:
+                    self.log.error("VM for %s failed: %s %s", self._log_name, e, e.detail)
+                    raise SpawnError(str(e)) from None
+            else:
+                self.rundir_path = ""
+            self._progress(80, "Starting JupyterLab")
+            return await super().start()
+        except BaseException:
+            await self._stop_vm()
+            raise
+        finally:
+            self._start_done = True
+
+    async def progress(self):
+        sent = 0
+        while True:
+            events = getattr(self, "_events", [])
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if getattr(self, "_start_done", True):
+                return
+            await asyncio.sleep(0.2)
+
+    def vm_alive(self) -> bool:
+        if not self.vm_active:
+            return False
+        proc = getattr(self, "_qemu", None)
+        if proc is not None and proc.pid == self.vm_pid:
+            return proc.poll() is None
+        return vmprocess.is_same_process(
+            ProcessId(self.vm_pid, self.vm_start_time), marker=self.rundir_path
+        )
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None:
+            return status
+        if self.with_vm and self.vm_active and not self.vm_alive():
+            self.log.warning(
+                "VM of %s is gone; last console lines:\n%s",
+                self._log_name,
+                vmprocess.tail(self.rundir.console_log) if self.rundir_path else "",
+            )
+            return 1
+        return None
+
+    async def _stop_vm(self) -> None:
+        if self.vm_pid:
+            await vmprocess.stop_process_group(ProcessId(self.vm_pid, self.vm_start_time))
+            proc = getattr(self, "_qemu", None)
+            if proc is not None:
+                proc.poll()
+        self.vm_active = False
+        self._remove_rundir()
+
+    async def stop(self, now=False):
+        # Terminals run in sessions of their own under the server, so signal
+        # the whole tree, not just the server's pid.
+        tree = vmprocess.descendants(self.pid) if self.pid else []
+        idents = [i for i in map(vmprocess.identify, tree) if i]
+        await super().stop(now=now)
+        for ident in idents:
+            await vmprocess.stop_process_group(ident, term_timeout=2)
+        await self._stop_vm()
+        self.clear_state()

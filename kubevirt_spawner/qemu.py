@@ -1,0 +1,191 @@
+"""QEMU command lines for lab VMs, and the choice of accelerator.
+
+Everything here except ``probe_kvm`` is pure: a ``VMSpec`` in, an argv out.
+The process side (starting, watching, stopping QEMU) is in ``vmprocess``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Printed by the guest's init scripts (images/guest/rootfs); keep in step.
+MARK_INIT = "labvm: init started"
+MARK_SSH_READY = "labvm: ssh ready"
+MARK_PANIC = "Kernel panic - not syncing"
+
+QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+
+# Slot for QEMU's edu device on q35's root bus. Fixed so that lab 7's `lspci`
+# output is the same for every student; 0x10 is clear of q35's built-ins.
+EDU_PCI_ADDR = "0x10"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The per-server runtime directory and the files QEMU and labvm share.
+
+    It is created mode 0700 and owned by the student, so only the student
+    (and root) can reach the gdb, console and monitor sockets in it.
+    """
+
+    path: Path
+
+    def __post_init__(self):
+        # sun_path is 108 bytes including the NUL.
+        longest = self.path / "console.sock"
+        if len(os.fsencode(longest)) > 107:
+            raise ValueError(f"runtime directory path too long for unix sockets: {self.path}")
+
+    gdb_socket = property(lambda self: self.path / "gdb.sock")
+    console_socket = property(lambda self: self.path / "console.sock")
+    console_log = property(lambda self: self.path / "console.log")
+    qmp_socket = property(lambda self: self.path / "qmp.sock")
+    pidfile = property(lambda self: self.path / "qemu.pid")
+    qemu_log = property(lambda self: self.path / "qemu.log")
+    initrd = property(lambda self: self.path / "initrd.img")
+    ssh_key = property(lambda self: self.path / "id_ed25519")
+    known_hosts = property(lambda self: self.path / "known_hosts")
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """What one lab VM looks like. Paths are absolute."""
+
+    rundir: RunDir
+    kernel: Path
+    initrd: Path
+    ssh_port: int
+    arch: str = "x86_64"
+    accel: str = "tcg"
+    memory_mb: int = 256
+    cpus: int = 1
+    edu: bool = True
+    network_restrict: bool = True
+    name: str = "labvm"
+    kernel_args: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = field(default=())
+    tcg_tb_size_mb: int = 64
+
+
+def kernel_cmdline(extra: tuple[str, ...] = ()) -> str:
+    """The guest kernel command line.
+
+    ``nokaslr`` keeps symbol addresses equal to those in ``vmlinux`` (gdb);
+    ``panic=-1`` reboots at once on a panic so a student gets a shell back
+    (the panic stays in the console log).
+    """
+    base = ["console=ttyS0", "nokaslr", "panic=-1", "printk.devkmsg=on"]
+    return " ".join([*base, *extra])
+
+
+def gdb_remote_for_socket(path: Path) -> str:
+    """The argument for gdb's ``target remote`` that reaches a unix-socket gdbstub.
+
+    gdb 13 has no ``unix::PATH`` form, so gdb runs socat as a pipe.
+    """
+    return f"| socat - UNIX-CONNECT:{shlex.quote(str(path))}"
+
+
+def _chardev_unix(path: Path) -> str:
+    return f"unix:{path},server=on,wait=off"
+
+
+def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
+    """Return the full QEMU argv for ``spec``."""
+    if spec.arch not in QEMU_BINARIES:
+        raise ValueError(f"unsupported arch {spec.arch!r}; choose one of {sorted(QEMU_BINARIES)}")
+    if spec.accel not in ("kvm", "tcg"):
+        raise ValueError(f"accel must be 'kvm' or 'tcg', not {spec.accel!r}")
+    if not 1 <= spec.ssh_port <= 65535:
+        raise ValueError(f"ssh port out of range: {spec.ssh_port}")
+    if spec.memory_mb < 64:
+        raise ValueError(f"VM memory must be at least 64 MiB, not {spec.memory_mb}")
+    if spec.cpus < 1:
+        raise ValueError(f"VM needs at least one CPU, not {spec.cpus}")
+    rd = spec.rundir
+    if spec.accel == "kvm":
+        accel, cpu = ["-accel", "kvm"], ["-cpu", "host"]
+    else:
+        accel, cpu = ["-accel", f"tcg,tb-size={spec.tcg_tb_size_mb}"], []
+    if spec.arch == "x86_64":
+        machine = ["-machine", "q35"]
+        serial = ["-serial", "chardev:console"]
+    else:
+        machine = ["-machine", "virt,gic-version=3"]
+        cpu = cpu or ["-cpu", "max"]
+        serial = ["-serial", "chardev:console"]
+    netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    if spec.network_restrict:
+        netdev += ",restrict=on"
+    argv = [
+        binary or QEMU_BINARIES[spec.arch],
+        "-name", f"{spec.name},process={spec.name}",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        *machine, *accel, *cpu,
+        "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+        "-append", kernel_cmdline(spec.kernel_args),
+        "-chardev", f"socket,id=console,path={rd.console_socket},server=on,wait=off,"
+        f"logfile={rd.console_log},logappend=on",
+        *serial,
+        "-qmp", _chardev_unix(rd.qmp_socket),
+        "-gdb", _chardev_unix(rd.gdb_socket),
+        "-netdev", netdev,
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-pidfile", str(rd.pidfile),
+    ]
+    if spec.edu and spec.arch == "x86_64":
+        argv += ["-device", f"edu,bus=pcie.0,addr={EDU_PCI_ADDR}"]
+    return argv + list(spec.extra_args)
+
+
+_KVM_SIGN_OF_LIFE = re.compile(rb"Linux version")
+
+
+async def probe_kvm(
+    kernel: Path, binary: str = "qemu-system-x86_64", timeout: float = 10.0
+) -> tuple[bool, str]:
+    """Boot ``kernel`` under KVM briefly; return (usable, reason).
+
+    /dev/kvm existing is not enough: on some hosts QEMU with KVM spins
+    without running the guest, or aborts on an MSR assertion. Only a guest
+    that prints its banner within ``timeout`` seconds counts.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    argv = [
+        binary, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-nodefaults",
+        "-no-user-config", "-display", "none", "-m", "128", "-kernel", str(kernel),
+        "-append", "console=ttyS0 earlyprintk=ttyS0", "-serial", "stdio", "-no-reboot",
+    ]  # fmt: skip
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return False, f"cannot run {binary}: {e}"
+    seen = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await proc.stdout.read(4096):
+                seen = (seen + chunk)[-8192:]
+                if _KVM_SIGN_OF_LIFE.search(seen):
+                    return True, "a KVM guest printed its banner"
+        tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return False, f"QEMU with KVM exited ({tail[0]})"
+    except TimeoutError:
+        return False, f"a KVM guest printed nothing in {timeout:.0f}s"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what kubevirt-spawner needs on a Debian/Ubuntu machine: system
+# packages (apt, when root; else print the one command to run), a .venv with
+# the package and its test tools, and configurable-http-proxy (npm) for the hub.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # the local VM and its guest build
+  qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
+  libelf-dev libssl-dev cpio xz-utils rsync busybox-static dropbear-bin strace kmod kexec-tools
+  # the student's side: ssh client, gdb, socat for the gdb and console sockets
+  openssh-client gdb socat
+  # the hub
+  python3-venv nodejs npm
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "install-deps: apt-get install ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    echo "install-deps: missing system packages. Run as root:" >&2
+    echo "  apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+stamp=.venv/.installed
+inputs=$(cat setup.cfg pyproject.toml scripts/install-deps.sh | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q -U pip
+  .venv/bin/pip install -q -e '.[test,kubernetes]'
+  echo "$inputs" > "$stamp"
+fi
+
+if [ ! -x .venv/node/node_modules/.bin/configurable-http-proxy ]; then
+  npm install --silent --no-fund --no-audit --prefix .venv/node configurable-http-proxy@4
+fi
+echo "install-deps: ready"
