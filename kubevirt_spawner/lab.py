@@ -78,7 +78,9 @@ class LabEnv:
         try:
             values["ssh_port"] = int(values["ssh_port"] or 22)
         except ValueError:
-            raise LabError(f"LAB_VM_SSH_PORT is not a port number: {values['ssh_port']!r}") from None
+            raise LabError(
+                f"LAB_VM_SSH_PORT is not a port number: {values['ssh_port']!r}"
+            ) from None
         values["backend"] = values["backend"] or "local"
         return cls(**values)
 
@@ -103,15 +105,23 @@ def gdb_binary(arch: str) -> str:
     return "gdb-multiarch"
 
 
-def gdb_argv(env: LabEnv, batch_commands: list[str] | None = None) -> list[str]:
-    """gdb loaded with the VM kernel's symbols and attached to its gdbstub."""
+def gdb_argv(
+    env: LabEnv, batch_commands: list[str] | None = None, plain: bool = False
+) -> list[str]:
+    """gdb loaded with the VM kernel's symbols and attached to its gdbstub.
+
+    ``plain`` turns off gdb's colours, for transcripts a program reads.
+    """
     argv = [gdb_binary(env.arch), "-q", "-nx"]
     if env.kdir:
-        # vmlinux-gdb.py (lx-* commands) sits in the kernel build tree.
-        argv += ["-iex", f"add-auto-load-safe-path {env.kdir}"]
+        # vmlinux-gdb.py (the lx-* commands) sits in the kernel build tree;
+        # gdb compares resolved paths against the safe path.
+        argv += ["-iex", f"add-auto-load-safe-path {os.path.realpath(env.kdir)}"]
+    if plain or batch_commands is not None:
+        argv += ["-iex", "set style enabled off"]
     argv += ["-ex", "set pagination off", "-ex", "set confirm off"]
     if env.vmlinux:
-        argv += ["-ex", f"file {env.vmlinux}"]
+        argv += ["-ex", f"file {os.path.realpath(env.vmlinux)}"]
     argv += ["-ex", f"target remote {env.gdb_remote}"]
     if batch_commands is not None:
         argv.insert(1, "-batch")
@@ -242,8 +252,11 @@ class LabVM:
         """An interactive gdb (pexpect) attached to the VM, at its first prompt."""
         import pexpect
 
-        argv = gdb_argv(self.env)
-        child = pexpect.spawn(argv[0], argv[1:], encoding="utf-8", timeout=timeout)
+        argv = gdb_argv(self.env, plain=True)
+        child = pexpect.spawn(
+            argv[0], argv[1:], encoding="utf-8", timeout=timeout, dimensions=(50, 200),
+            env={**os.environ, "TERM": "dumb"},
+        )  # fmt: skip
         child.expect_exact("(gdb) ")
         return child
 
@@ -301,7 +314,9 @@ class LabVM:
         if not image.is_file():
             raise LabError(f"No such kernel image: {image}")
         if image.read_bytes()[0x202:0x206] != b"HdrS" and self.env.arch == "x86_64":
-            raise LabError(f"{image} is not a bootable x86 kernel (bzImage); build one with `make bzImage`.")
+            raise LabError(
+                f"{image} is not a bootable x86 kernel (bzImage); build one with `make bzImage`."
+            )
         if not self.env.initrd:
             raise LabError("This backend does not say where the VM's initramfs is (LAB_VM_INITRD).")
         self.push(image, dest="/tmp/kexec")

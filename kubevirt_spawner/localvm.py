@@ -238,7 +238,9 @@ class LocalVMSpawner(LocalProcessSpawner):
             return ""
         for key, value in profile.get("spawner_override", {}).items():
             if not self.has_trait(key):
-                raise SpawnError(f"profile {profile['display_name']!r} sets unknown setting {key!r}")
+                raise SpawnError(
+                    f"profile {profile['display_name']!r} sets unknown setting {key!r}"
+                )
             setattr(self, key, value)
         return profile["display_name"]
 
@@ -352,7 +354,9 @@ class LocalVMSpawner(LocalProcessSpawner):
         root = Path(self.runtime_root)
         root.mkdir(mode=0o711, parents=True, exist_ok=True)
         try:
-            rd = RunDir(root / runtime_dir_name(self.user.name + (f".{self.name}" if self.name else "")))
+            rd = RunDir(
+                root / runtime_dir_name(self.user.name + (f".{self.name}" if self.name else ""))
+            )
         except ValueError as e:
             raise SpawnError(str(e)) from None
         self.rundir_path = str(rd.path)
@@ -419,7 +423,9 @@ class LocalVMSpawner(LocalProcessSpawner):
             self.vm_pid, self.vm_ssh_port, self.vm_active = proc.pid, port, True
             await asyncio.sleep(0)
             self.vm_start_time = vmprocess.proc_start_time(proc.pid) or 0
-            self._progress(10, f"VM booting ({accel.upper()}, {spec.memory_mb} MiB, {spec.cpus} CPU)")
+            self._progress(
+                10, f"VM booting ({accel.upper()}, {spec.memory_mb} MiB, {spec.cpus} CPU)"
+            )
             try:
                 async for step in vmprocess.watch_boot(proc, rd, self.vm_boot_timeout):
                     if step == "init":

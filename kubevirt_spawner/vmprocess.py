@@ -34,13 +34,16 @@ class ProcessId:
 
 
 def proc_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it is gone."""
+    """Start time of ``pid`` in clock ticks since boot; None if it is gone
+    (a zombie counts as gone: it has exited and holds nothing)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm (field 2) may contain spaces and parentheses; split after the last ')'.
     fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
     return int(fields[19])
 
 
@@ -131,7 +134,9 @@ def _reap(pid: int) -> None:
         pass
 
 
-def start_qemu(argv: list[str], rundir: RunDir, uid: int | None, gid: int | None) -> subprocess.Popen:
+def start_qemu(
+    argv: list[str], rundir: RunDir, uid: int | None, gid: int | None
+) -> subprocess.Popen:
     """Start QEMU in a new session (its own process group), as ``uid``/``gid``.
 
     stdout/stderr go to ``rundir.qemu_log``. Raises VMStartError if the

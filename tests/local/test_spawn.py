@@ -1,0 +1,112 @@
+"""A student's day, for real: spawn through the hub's REST API, then use the
+VM from a JupyterLab terminal (the websocket a browser uses): ssh, the edu
+device, gdb on the kernel; two students kept apart; stop leaves nothing."""
+
+import re
+
+import pytest
+from conftest import assert_nothing_left
+
+pytestmark = pytest.mark.local
+
+A, B = "kvst-alice", "kvst-bob"
+
+
+def assert_ready(events):
+    assert events[-1].get("ready"), f"spawn did not finish: {events}"
+    messages = [e["message"] for e in events]
+    for step in ("VM booting", "Kernel up", "ssh ready", "gdb stub ready"):
+        assert any(step in m for m in messages), f"no {step!r} step in {messages}"
+
+
+@pytest.fixture(scope="module")
+def alice(hub):
+    assert_ready(hub.spawn(A))
+    return A
+
+
+@pytest.fixture(scope="module")
+def bob(hub):
+    assert_ready(hub.spawn(B))
+    return B
+
+
+async def test_terminal_reaches_vm_kernel_and_edu_device(hub, alice, guest):
+    term = await hub.terminal(alice)
+    try:
+        env = await term.run("env | grep ^LAB_ | sort")
+        for name in ("LAB_VM_HOST", "LAB_VM_SSH_PORT", "LAB_GDB_REMOTE", "LAB_VMLINUX",
+                     "LAB_KDIR", "LAB_ARCH"):  # fmt: skip
+            assert f"{name}=" in env, f"{name} missing from the notebook's environment:\n{env}"
+        assert "LAB_GDB_REMOTE=| socat - UNIX-CONNECT:" in env
+        out = await term.run("labvm ssh uname -r")
+        assert guest.kernel_release in out, out
+        out = await term.run(
+            "labvm ssh 'for d in /sys/bus/pci/devices/*; do "
+            "echo PCI $(cat $d/vendor):$(cat $d/device); done'"
+        )
+        assert "PCI 0x1234:0x11e8" in out, f"edu device not in the guest:\n{out}"
+    finally:
+        term.close()
+
+
+async def test_gdb_breaks_on_a_syscall_triggered_in_the_vm(hub, alice):
+    term = await hub.terminal(alice)
+    try:
+        # uname(1) in the VM calls newuname(2); keep calling it in the
+        # background until gdb, attached and waiting, catches one.
+        out = await term.run(
+            "(for i in $(seq 20); do sleep 1; labvm ssh uname -n >/dev/null; done) & "
+            "labvm gdb -batch -ex 'break __x64_sys_newuname' -ex continue -ex bt -ex detach; "
+            "kill %1 2>/dev/null; wait",
+            timeout=120,
+        )
+        assert re.search(r"Breakpoint 1, __x64_sys_newuname", out), out
+        assert re.search(r"#\d+ .*do_syscall_64", out), (
+            f"no backtrace through do_syscall_64:\n{out}"
+        )
+        assert "Detaching from program" in out or "detached" in out, out
+        # The VM runs on after gdb detaches.
+        assert "labvm" in await term.run("labvm ssh uname -n")
+    finally:
+        term.close()
+
+
+async def test_students_reach_only_their_own_vm(hub, alice, bob):
+    ta, tb = await hub.terminal(alice), await hub.terminal(bob)
+    try:
+        await ta.run("labvm ssh touch /root/alice-was-here")
+        assert "alice-was-here" in await ta.run("labvm ssh ls /root")
+        assert "alice-was-here" not in await tb.run("labvm ssh ls /root")
+
+        bob_env = dict(
+            line.split("=", 1)
+            for line in (await tb.run("env | grep ^LAB_")).splitlines()
+            if line.startswith("LAB_") and "=" in line
+        )
+        bob_sock = bob_env["LAB_GDB_REMOTE"].rsplit("UNIX-CONNECT:", 1)[1].strip()
+        # gdb socket: refused by file permissions, not by luck.
+        out = await ta.run(f"socat -u UNIX-CONNECT:{bob_sock} - </dev/null")
+        assert "Permission denied" in out, out
+        out = await ta.run(
+            f"labvm gdb -batch -ex 'target remote | socat - UNIX-CONNECT:{bob_sock}'"
+        )
+        assert "Permission denied" in out or "Remote connection closed" in out, out
+        # ssh: alice's key is not authorised in bob's VM.
+        out = await ta.run(
+            f"ssh -i $LAB_SSH_KEY -p {bob_env['LAB_VM_SSH_PORT']} -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1 true"
+        )
+        assert ta.last_status != 0 and "Permission denied" in out, out
+        # nor can she read bob's key.
+        out = await ta.run(f"cat {bob_env['LAB_SSH_KEY']}")
+        assert "Permission denied" in out, out
+    finally:
+        ta.close()
+        tb.close()
+
+
+def test_stop_leaves_nothing_behind(hub, alice, bob):
+    for name in (alice, bob):
+        hub.stop_server(name)
+        assert_nothing_left(hub, name)
