@@ -14,6 +14,8 @@ APT_PACKAGES=(
   openssh-client gdb socat
   # the hub
   python3-venv nodejs npm
+  # the KubeVirt debug hook's local test: real libvirtd + QEMU, schema validator
+  libvirt-daemon-system libvirt-clients libxml2-utils
 )
 
 missing=()
