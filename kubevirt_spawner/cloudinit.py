@@ -97,7 +97,18 @@ def make_cloud_init(
     )
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (the PEM key) as ``|`` literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def _dump(doc: dict) -> str:
-    # Block style keeps the PEM key a readable literal; sort_keys=False keeps
-    # the order above, which is the order a reader expects.
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=1000)
+    # sort_keys=False keeps the order above, the order a reader expects.
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
