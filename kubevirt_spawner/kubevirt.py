@@ -123,6 +123,13 @@ class KubeVirtSpawner(KubeSpawner):
         the hub shows the server as still stopping.""",
     ).tag(config=True)
 
+    @default("fs_gid")
+    def _default_fs_gid(self):
+        # The ssh key in the notebook pod is a read-only Secret file owned by
+        # root; fsGroup makes it group-readable for the (non-root) notebook
+        # user. 100 ("users") is z2jh's default too.
+        return 100
+
     # -- state kept across hub restarts ---------------------------------
     vm_name = Unicode("")
     vm_started = Bool(False)
