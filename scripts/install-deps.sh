@@ -16,6 +16,8 @@ APT_PACKAGES=(
   python3-venv nodejs npm
   # the KubeVirt debug hook's local test: real libvirtd + QEMU, schema validator
   libvirt-daemon-system libvirt-clients libxml2-utils
+  # the lab manager's browser test (headless Chromium driven by Playwright)
+  chromium chromium-driver
 )
 
 missing=()

@@ -1,0 +1,64 @@
+"""Declare the lab manager (kubevirt_spawner.manager) as a JupyterHub service.
+
+Used from a hub config file, after ``c = get_config()``::
+
+    exec(open(Path(__file__).with_name("manager_service.py")).read())
+    add_lab_manager(c)
+
+``add_lab_manager`` appends to ``c.JupyterHub.services`` and
+``c.JupyterHub.load_roles`` (so it composes with services declared before
+it), grants the ``instructors`` group access to the dashboard, and gives
+notebook servers ``LAB_MANAGER_URL`` (how ``labvm reset`` and check cells
+reach the service).
+"""
+
+import sys
+
+
+def add_lab_manager(
+    c,
+    *,
+    name="lab-manager",
+    port=10101,
+    ip="127.0.0.1",
+    public_host="127.0.0.1",
+    instructors_group="instructors",
+    args=(),
+    environment=None,
+):
+    """Start the lab manager with the hub; extra command-line ``args``
+    (e.g. ``["--idle-timeout=3600", "--abuse-action=stop"]``) configure it;
+    ``python -m kubevirt_spawner.manager --help-all`` lists them all."""
+    cmd = [sys.executable, "-m", "kubevirt_spawner.manager", f"--port={port}", f"--ip={ip}"]
+    spawner_cfg = c.LocalVMSpawner
+    if "runtime_root" in spawner_cfg:
+        cmd.append(f"--runtime-root={spawner_cfg.runtime_root}")
+    service = {
+        "name": name,
+        "url": f"http://{public_host}:{port}",
+        "command": cmd + list(args),
+        "oauth_no_confirm": True,
+        "environment": {"PYTHONUNBUFFERED": "1", **(environment or {})},
+    }
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles.append(
+        {
+            "name": f"{name}-service",
+            "services": [name],
+            "scopes": [
+                "list:users", "read:users", "read:users:activity", "read:servers",
+                "admin:server_state", "servers", "read:groups",
+            ],
+        }
+    )  # fmt: skip
+    c.JupyterHub.load_roles.append(
+        {
+            "name": f"{name}-instructors",
+            "groups": [instructors_group],
+            "scopes": [f"access:services!service={name}"],
+        }
+    )
+    c.Spawner.environment.update(
+        {"LAB_MANAGER_URL": f"http://{public_host}:{port}/services/{name}/"}
+    )
+    return service

@@ -1,0 +1,173 @@
+"""The KubeVirt backend as the lab manager sees it: labelled objects, VM state,
+reset, and orphan deletion. The decisions are ``reaper.cluster_orphans``;
+this module lists what exists and carries deletions out (confirmed, with
+``kubeapi.ensure_gone``).
+
+Needs kubernetes_asyncio and in-cluster credentials or KUBECONFIG. The
+service account needs list/get/delete on pods, services, secrets,
+networkpolicies, virtualmachines and virtualmachineinstances in the
+namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import datetime, timezone
+
+from . import reaper
+from .core import ActionError
+from .reaper import ClusterObject, ServerInfo
+
+log = logging.getLogger("kubevirt_spawner.manager")
+
+MANAGED_SELECTOR = f"{reaper.MANAGED_BY}={reaper.MANAGED_BY_VALUE}"
+SERVER_SELECTOR = reaper.SERVER_LABEL  # label exists (notebook pods carry only this one)
+
+
+def _age(meta: dict, now: datetime) -> float:
+    created = meta.get("creationTimestamp") or meta.get("creation_timestamp")
+    if not created:
+        return 0.0
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return (now - created).total_seconds()
+
+
+def objects_from_lists(lists: dict[str, list[dict]], now: datetime) -> list[ClusterObject]:
+    """ClusterObjects from API list results (dicts), one list per kind; an
+    object listed under two selectors appears once."""
+    seen, out = set(), []
+    for kind, items in lists.items():
+        for item in items:
+            meta = item.get("metadata") or {}
+            key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(ClusterObject(kind, key[1], key[2], dict(meta.get("labels") or {}),
+                                     _age(meta, now)))  # fmt: skip
+    return out
+
+
+class Cluster:
+    def __init__(self, namespace: str = ""):
+        self.namespace = namespace or _pod_namespace()
+        self._apis = None
+
+    async def _clients(self):
+        if self._apis is None:
+            from kubernetes_asyncio import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                await config.load_kube_config()
+            api = client.ApiClient()
+            self._apis = (client.CoreV1Api(api), client.NetworkingV1Api(api),
+                          client.CustomObjectsApi(api))  # fmt: skip
+        return self._apis
+
+    async def list_objects(self) -> list[ClusterObject]:
+        core, net, custom = await self._clients()
+        ns = self.namespace
+        api_client = core.api_client
+
+        async def plain(call, selector):
+            resp = await call(ns, label_selector=selector)
+            return [api_client.sanitize_for_serialization(i) for i in resp.items]
+
+        async def custom_list(plural):
+            resp = await custom.list_namespaced_custom_object(
+                "kubevirt.io", "v1", ns, plural, label_selector=MANAGED_SELECTOR
+            )
+            return resp.get("items", [])
+
+        lists = {
+            "virtualmachine": await custom_list("virtualmachines"),
+            "service": await plain(core.list_namespaced_service, MANAGED_SELECTOR),
+            "network_policy": await plain(net.list_namespaced_network_policy, MANAGED_SELECTOR),
+            "secret": await plain(core.list_namespaced_secret, MANAGED_SELECTOR),
+            "pod": await plain(core.list_namespaced_pod, SERVER_SELECTOR),
+        }
+        return objects_from_lists(lists, datetime.now(timezone.utc))
+
+    async def reap(self, servers: list[ServerInfo], grace: float, metrics) -> list[reaper.Deletion]:
+        from .. import kubeapi
+
+        core, net, custom = await self._clients()
+        kinds = kubeapi.kinds(core, net, custom)
+        done = []
+        for d in reaper.cluster_orphans(servers, await self.list_objects(), grace):
+            ns, name = d.ident
+            try:
+                await kubeapi.ensure_gone(kinds[d.kind], ns, name, request_timeout=10,
+                                          retry_timeout=120)  # fmt: skip
+            except Exception as e:
+                metrics.reaper_errors.inc()
+                log.error("Reaper: deleting %s failed: %s", d.log_line(), e)
+                continue
+            log.warning("Reaper deleted %s", d.log_line())
+            metrics.reaped.labels(d.kind, d.reason).inc()
+            done.append(d)
+        return done
+
+    async def _vmi(self, name: str) -> dict | None:
+        from kubernetes_asyncio.client.rest import ApiException
+
+        _, _, custom = await self._clients()
+        try:
+            return await custom.get_namespaced_custom_object(
+                "kubevirt.io", "v1", self.namespace, "virtualmachineinstances", name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def vm_state(self, s: ServerInfo) -> str:
+        from ..vmstatus import vm_ready, vmi_phase
+
+        vmi = await self._vmi(s.state.get("vm_name", ""))
+        if vmi is None:
+            return "stopped"
+        return "running" if vm_ready(vmi) else vmi_phase(vmi).lower() or "unknown"
+
+    async def reset(self, s: ServerInfo, wait: bool, timeout: float) -> str:
+        """Delete the VMI: its VirtualMachine (runStrategy Always) starts a fresh
+        one from the containerDisk, i.e. a fresh root filesystem."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        from ..vmstatus import vm_ready
+
+        name = s.state.get("vm_name")
+        if not name:
+            raise ActionError(409, f"{s.user}'s server has no VM")
+        _, _, custom = await self._clients()
+        old = await self._vmi(name)
+        try:
+            await custom.delete_namespaced_custom_object(
+                "kubevirt.io", "v1", self.namespace, "virtualmachineinstances", name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise ActionError(502, f"KubeVirt refused the reset: {e.reason}") from None
+        if not wait:
+            return "resetting"
+        old_uid = (old or {}).get("metadata", {}).get("uid")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            vmi = await self._vmi(name)
+            if vmi and vmi["metadata"].get("uid") != old_uid and vm_ready(vmi):
+                return "ready"
+            await asyncio.sleep(2)
+        raise ActionError(504, "the VM did not come back in time")
+
+
+def _pod_namespace() -> str:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip()
+    return os.environ.get("POD_NAMESPACE", "default")

@@ -1,0 +1,102 @@
+"""A real hub with the lab manager declared, as hub-config/manager_service.py does it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import requests
+from hubctl import REPO, Hub, free_port
+
+INSTRUCTOR = "kvsm-teach"
+SERVICE = "lab-manager"
+
+
+def manager_config(port: int, db: Path, args: list[str]) -> str:
+    return f"""
+exec(open({str(REPO / "hub-config/manager_service.py")!r}).read())
+add_lab_manager(c, port={port}, args={[f"--db={db}", *args]!r})
+c.JupyterHub.load_groups = {{"instructors": {{"users": [{INSTRUCTOR!r}]}}}}
+# the tests' own service may mint users' tokens (to act as a student or instructor)
+c.JupyterHub.load_roles.append({{"name": "tester-tokens", "services": ["tester"], "scopes": ["tokens"]}})
+"""
+
+
+def start_hub(workdir: Path, args: list[str], extra: str = "") -> Hub:
+    port = free_port()
+    hub = Hub(workdir, extra_config=manager_config(port, workdir / "manager.sqlite", args) + extra)
+    hub.manager_port = port
+    hub.db = workdir / "manager.sqlite"
+    hub.start()
+    wait_for(lambda: _up(hub), 60, "the lab manager to answer", hub)
+    return hub
+
+
+def _up(hub: Hub) -> bool:
+    try:
+        return requests.get(service_url(hub, "health"), timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def service_url(hub: Hub, path: str = "") -> str:
+    return f"{hub.url}/services/{SERVICE}/{path}"
+
+
+def user_token(hub: Hub, name: str) -> str:
+    hub.create_user(name)
+    r = hub.api("POST", f"/users/{name}/tokens", json={"note": "test"})
+    assert r.status_code == 201, r.text
+    return r.json()["token"]
+
+
+def server_token(hub: Hub, name: str) -> str:
+    """The JUPYTERHUB_API_TOKEN the hub gave ``name``'s running server (read from
+    its process environment: we are root)."""
+    state = hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]
+    env = Path(f"/proc/{state['pid']}/environ").read_bytes().split(b"\0")
+    for var in env:
+        if var.startswith(b"JUPYTERHUB_API_TOKEN="):
+            return var.split(b"=", 1)[1].decode()
+    raise AssertionError(f"no JUPYTERHUB_API_TOKEN in {name}'s server environment")
+
+
+def call(hub: Hub, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
+    headers = kw.pop("headers", {})
+    if token:
+        headers["Authorization"] = f"token {token}"
+    return requests.request(
+        method, service_url(hub, path), headers=headers, timeout=kw.pop("timeout", 60),
+        allow_redirects=False, **kw,
+    )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float, what: str, hub: Hub | None = None, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}\n" + (hub.log_tail() if hub else "")
+    )
+
+
+def qemu_pid(hub: Hub, name: str) -> int:
+    return hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]["vm_pid"]
+
+
+def console_log(hub: Hub, name: str) -> str:
+    return Path(hub.runtime_root, name, "console.log").read_text(errors="replace")
+
+
+def cleanup(hub: Hub) -> None:
+    for user in hub.api("GET", "/users").json():
+        if user.get("servers"):
+            try:
+                hub.stop_server(user["name"])
+            except Exception as e:  # keep tearing down the rest
+                print(f"teardown: stopping {user['name']} failed: {e}")
+    hub.stop()
+    os.system(f"rm -rf {hub.runtime_root}")
