@@ -1,0 +1,176 @@
+"""Run lab notebooks and the nbgrader course the way students and graders do.
+
+Shared by tests/local/test_notebooks*.py and the lab benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+VENV_BIN = Path(sys.executable).parent
+
+
+def lab_names() -> list[str]:
+    return sorted(p.name for p in (NOTEBOOKS / "source").iterdir() if p.is_dir())
+
+
+def kernel_environ(lab_env: dict[str, str]) -> dict[str, str]:
+    """The environment a student's notebook kernel has: the LAB_* variables and labvm on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+    env.update(lab_env)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
+    return env
+
+
+@dataclass
+class GradeCell:
+    grade_id: str
+    points: int
+    passed: bool
+    error: str  # the last traceback line ("" when passed)
+    source: str
+
+
+def execute(nb_path: Path, workdir: Path, env: dict[str, str], timeout: int = 900):
+    """Execute a notebook top to bottom in ``workdir`` (errors recorded, not raised)."""
+    nb = nbformat.read(nb_path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(workdir)}})  # fmt: skip
+    client.execute(env=env)  # the kernel's environment, as a spawned server would give it
+    return nb
+
+
+def error_text(cell) -> str:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            tb = [line for line in out.get("traceback", []) if line.strip()]
+            last = tb[-1] if tb else f"{out.get('ename')}: {out.get('evalue')}"
+            return _strip_ansi(last)
+    return ""
+
+
+def _strip_ansi(text: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def grade_cells(nb) -> list[GradeCell]:
+    cells = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and cell.cell_type == "code":
+            err = error_text(cell)
+            cells.append(GradeCell(meta["grade_id"], meta.get("points", 0), not err, err,
+                                   cell.source))  # fmt: skip
+    return cells
+
+
+def errors_outside_grade_cells(nb) -> list[str]:
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.metadata.get("nbgrader", {}).get("grade"):
+            continue
+        err = error_text(cell)
+        if err:
+            out.append(f"{cell.get('id')}: {err}")
+    return out
+
+
+def is_free(cell: GradeCell) -> bool:
+    """A check that passes without any student work (marked "Free point" in its cell)."""
+    return cell.source.lstrip().lower().startswith("# free point")
+
+
+# -- nbgrader, through its command line ------------------------------------
+
+
+def nbgrader(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 3600) -> str:
+    proc = subprocess.run([str(VENV_BIN / "nbgrader"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"nbgrader {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")  # fmt: skip
+    return proc.stdout + proc.stderr
+
+
+@dataclass
+class Course:
+    root: Path
+    exchange: Path
+    env: dict[str, str]
+
+    @classmethod
+    def make(cls, base: Path, labs: list[str], env: dict[str, str]) -> Course:
+        root, exchange = base / "course", base / "exchange"
+        (root / "source").mkdir(parents=True)
+        exchange.mkdir(mode=0o777)
+        exchange.chmod(0o777)
+        shutil.copy(NOTEBOOKS / "nbgrader_config.py", root)
+        for lab in labs:
+            shutil.copytree(NOTEBOOKS / "source" / lab, root / "source" / lab)
+        env = {**env, "KVS_COURSE_ROOT": str(root), "KVS_NBGRADER_EXCHANGE": str(exchange),
+               "KVS_COURSE_ID": "os-lab-test"}  # fmt: skip
+        return cls(root, exchange, env)
+
+    def run(self, args: list[str], user: str | None = None, cwd: Path | None = None) -> str:
+        env = dict(self.env)
+        if user:
+            # nbgrader's exchange names the student by getpass.getuser(), which reads $USER.
+            env.update(USER=user, LOGNAME=user)
+        return nbgrader(args, cwd or self.root, env)
+
+    def student_dir(self, user: str) -> Path:
+        d = self.root.parent / "home" / user
+        if not d.exists():
+            d.mkdir(parents=True)
+            # The student side needs the course id and exchange; it has no course root.
+            (d / "nbgrader_config.py").write_text(
+                "c = get_config()  # noqa: F821\n"
+                f"c.CourseDirectory.course_id = {self.env['KVS_COURSE_ID']!r}\n"
+                f"c.Exchange.root = {str(self.exchange)!r}\n"
+            )
+        return d
+
+    def scores(self, lab: str, student: str) -> dict[str, float]:
+        """Points per grade cell from the gradebook, after autograde."""
+        code = (
+            "import json, sys\nfrom nbgrader.api import Gradebook\n"
+            "with Gradebook(sys.argv[1]) as gb:\n"
+            "    sub = gb.find_submission(sys.argv[2], sys.argv[3])\n"
+            "    print(json.dumps({g.name: g.score for nb in sub.notebooks for g in nb.grades}))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, f"sqlite:///{self.root / 'gradebook.db'}", lab, student],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return json.loads(out)
+
+    def max_scores(self, lab: str) -> dict[str, float]:
+        nb = nbformat.read(self.root / "source" / lab / f"{lab}.ipynb", as_version=4)
+        return {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"].get("points", 0)
+                for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}  # fmt: skip
+
+
+def solve(release_nb, source_nb):
+    """The released notebook with every solution cell replaced by the instructor's."""
+    solved = copy.deepcopy(release_nb)
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells
+               if c.metadata.get("nbgrader", {}).get("solution")}  # fmt: skip
+    for cell in solved.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if cell.metadata.get("nbgrader", {}).get("solution") and gid in answers:
+            cell.source = answers[gid]
+    return solved
