@@ -22,7 +22,7 @@ from traitlets.config import Application
 
 from . import abuse
 from .core import LabManager, Settings
-from .handlers import make_handlers
+from .handlers import NotFoundHandler, make_handlers
 from .hubclient import HubClient
 from .metrics import Metrics
 from .store import Store
@@ -214,6 +214,7 @@ class LabManagerApp(Application):
         return web.Application(
             make_handlers(self.prefix, self.manager, self),
             cookie_secret=secrets.token_bytes(32),
+            default_handler_class=NotFoundHandler,
             log_function=self._log_request,
         )
 

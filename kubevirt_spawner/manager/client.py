@@ -68,10 +68,10 @@ def reset_vm(timeout: float = 180, environ: Mapping[str, str] | None = None) -> 
 
 
 def report_check(
-    lab: str, check: str, passed: bool, when: float | None = None,
+    lab: str, check: str, passed: bool, message: str = "", when: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict:  # fmt: skip
     """Record one check result for this user (shown live on the dashboard)."""
-    body = {"lab": lab, "check": check, "passed": bool(passed),
+    body = {"lab": lab, "check": check, "passed": bool(passed), "message": message[:2000],
             "time": time.time() if when is None else when}  # fmt: skip
     return call("POST", "api/progress", body, 15, environ)

@@ -197,16 +197,24 @@ LAB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CHECK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
-def parse_result(body: dict, now: float) -> tuple[str, str, bool, float]:
-    """Validate one check result; raise HTTPError(400) with what is wrong."""
-    unknown = set(body) - {"lab", "check", "passed", "time"}
+def parse_result(body: dict, now: float) -> tuple[str, str, bool, float, str]:
+    """Validate one check result; raise HTTPError(400) with what is wrong.
+
+    ``{"lab": "lab1", "check": "wordcount", "passed": true, "time": EPOCH,
+    "message": "..."}``; ``lab`` may be left out when the check id is
+    ``LAB.CHECK`` (as kubevirt_spawner.checks names them); ``time`` defaults
+    to now. A ``user`` field, if sent, must be the caller (checked by the
+    handler)."""
+    unknown = set(body) - {"lab", "check", "passed", "time", "message", "user"}
     if unknown:
         raise web.HTTPError(400, f"unknown fields: {', '.join(sorted(unknown))}")
     lab, check, passed = body.get("lab"), body.get("check"), body.get("passed")
-    if not isinstance(lab, str) or not LAB_RE.fullmatch(lab):
-        raise web.HTTPError(400, "lab must be a name of letters, digits, '_', '.', '-' (<= 64)")
     if not isinstance(check, str) or not CHECK_RE.fullmatch(check):
         raise web.HTTPError(400, "check must be a name of letters, digits, '_', '.', ':', '-'")
+    if lab is None and "." in check:
+        lab = check.split(".", 1)[0]
+    if not isinstance(lab, str) or not LAB_RE.fullmatch(lab):
+        raise web.HTTPError(400, "lab must be a name of letters, digits, '_', '.', '-' (<= 64)")
     if not isinstance(passed, bool):
         raise web.HTTPError(400, "passed must be true or false")
     when = body.get("time", now)
@@ -214,7 +222,10 @@ def parse_result(body: dict, now: float) -> tuple[str, str, bool, float]:
         raise web.HTTPError(400, "time must be seconds since the epoch")
     if not (now - 30 * 86400 <= when <= now + 3600):
         raise web.HTTPError(400, "time is not within the last 30 days")
-    return lab, check, passed, float(when)
+    message = body.get("message", "")
+    if not isinstance(message, str) or len(message) > 2000:
+        raise web.HTTPError(400, "message must be a string of at most 2000 characters")
+    return lab, check, passed, float(when), message
 
 
 class ProgressHandler(BaseHandler):
@@ -226,8 +237,10 @@ class ProgressHandler(BaseHandler):
     async def post(self):
         body = self.json_body()
         model = await self.require_user()
-        lab, check, passed, when = parse_result(body, time.time())
-        self.manager.store.add_result(model["name"], lab, check, passed, when)
+        lab, check, passed, when, message = parse_result(body, time.time())
+        if body.get("user", model["name"]) != model["name"]:
+            raise web.HTTPError(403, "you may report only your own results")
+        self.manager.store.add_result(model["name"], lab, check, passed, when, message)
         self.manager.metrics.check_results.labels("pass" if passed else "fail").inc()
         self.write_json({"user": model["name"], "lab": lab, "check": check, "passed": passed}, 201)
 
@@ -250,6 +263,15 @@ class MetricsHandler(BaseHandler):
             await self.require_instructor()
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.manager.metrics.registry))
+
+
+class NotFoundHandler(web.RequestHandler):
+    def prepare(self):
+        raise web.HTTPError(404, "no such page or API endpoint")
+
+    def write_error(self, status_code, **kwargs):
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": "no such page or API endpoint"}))
 
 
 class HealthHandler(web.RequestHandler):

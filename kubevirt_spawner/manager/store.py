@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS results (
     check_id TEXT NOT NULL,
     passed INTEGER NOT NULL,
     time REAL NOT NULL,       -- when the check ran (the student's clock)
-    received REAL NOT NULL    -- when we got it (ours)
+    received REAL NOT NULL,   -- when we got it (ours)
+    message TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS results_user ON results (user, lab, check_id);
 CREATE TABLE IF NOT EXISTS flags (
@@ -50,12 +51,14 @@ class Store:
         self._db.close()
 
     # -- check results ------------------------------------------------------
-    def add_result(self, user: str, lab: str, check_id: str, passed: bool, when: float) -> int:
+    def add_result(
+        self, user: str, lab: str, check_id: str, passed: bool, when: float, message: str = ""
+    ) -> int:
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO results (user, lab, check_id, passed, time, received) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (user, lab, check_id, int(passed), when, time.time()),
+                "INSERT INTO results (user, lab, check_id, passed, time, received, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (user, lab, check_id, int(passed), when, time.time(), message),
             )
             return cur.lastrowid
 
@@ -65,8 +68,9 @@ class Store:
         rows = self._db.execute(
             f"""SELECT user, lab, check_id, COUNT(*),
                        MAX(time),
-                       (SELECT passed FROM results r2 WHERE r2.user = r.user AND r2.lab = r.lab
-                          AND r2.check_id = r.check_id ORDER BY time DESC, id DESC LIMIT 1),
+                       (SELECT passed || ' ' || message FROM results r2 WHERE r2.user = r.user
+                          AND r2.lab = r.lab AND r2.check_id = r.check_id
+                          ORDER BY time DESC, id DESC LIMIT 1),
                        MIN(CASE WHEN passed THEN time END)
                 FROM results r {where}
                 GROUP BY user, lab, check_id ORDER BY lab, check_id, user""",
@@ -74,7 +78,7 @@ class Store:
         ).fetchall()
         return [
             {"user": u, "lab": lb, "check": c, "attempts": n, "last_time": t,
-             "passed": bool(p), "first_pass": fp}
+             "passed": p.startswith("1"), "message": p[2:], "first_pass": fp}
             for u, lb, c, n, t, p, fp in rows
         ]  # fmt: skip
 

@@ -184,7 +184,8 @@ async function renderProgress() {
       return el("td", {
         class: r.passed ? "pass" : "fail", "data-check": c,
         title: `${c}: ${r.passed ? "passed" : "failing"} after ${r.attempts} attempt(s), ` +
-               `last ${new Date(r.last_time * 1000).toLocaleTimeString()}`,
+               `last ${new Date(r.last_time * 1000).toLocaleTimeString()}` +
+               (r.message ? `\n${r.message}` : ""),
       }, r.passed ? "✓" : "✗");
     });
     return el("tr", { "data-user": s }, el("th", {}, s), ...cells,
