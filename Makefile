@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: deps guest demo test test-unit test-local lint bench clean
+.PHONY: deps guest demo test test-unit test-local lint bench clean cluster-bins test-cluster bench-cluster
 
 deps:
 	@scripts/install-deps.sh
@@ -18,11 +18,22 @@ lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-test: lint guest
+test: lint guest cluster-bins
 	$(PY) -m pytest -q tests
 
 test-unit: deps
 	$(PY) -m pytest -q tests/unit
+
+# etcd, kube-apiserver, -controller-manager, -scheduler, kwok and KubeVirt's CRDs,
+# built from Go modules into a versioned cache (cold: see README; warm: seconds).
+cluster-bins:
+	@scripts/build-cluster-bins.sh >/dev/null
+
+test-cluster: deps cluster-bins
+	$(PY) -m pytest -q tests/cluster
+
+bench-cluster: deps cluster-bins
+	$(PY) tests/cluster/bench_spawn_100.py
 
 test-local: guest
 	$(PY) -m pytest -q tests/local
