@@ -39,7 +39,7 @@ test-local: guest
 	$(PY) -m pytest -q tests/local
 
 bench: guest
-	$(PY) -m tests.bench.local_bench
+	$(PY) tests/bench/local_bench.py
 
 clean:
 	rm -rf .venv *.egg-info

@@ -120,6 +120,7 @@ def gdb_argv(
     if plain or batch_commands is not None:
         argv += ["-iex", "set style enabled off"]
     argv += ["-ex", "set pagination off", "-ex", "set confirm off"]
+    argv += ["-x", str(Path(__file__).with_name("labvm.gdb"))]
     if env.vmlinux:
         argv += ["-ex", f"file {os.path.realpath(env.vmlinux)}"]
     argv += ["-ex", f"target remote {env.gdb_remote}"]

@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Everything after these commands belongs to ssh or gdb, options included
+# (argparse would take `-batch` or `-la` for its own).
+PASSTHROUGH = {"ssh": "cmd", "gdb": "gdb_args"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse labvm's command line; exits 2 with usage on a wrong one."""
+    if argv and argv[0] in PASSTHROUGH and argv[1:2] not in (["-h"], ["--help"]):
+        return argparse.Namespace(command=argv[0], **{PASSTHROUGH[argv[0]]: argv[1:]})
+    return build_parser().parse_args(argv)
+
+
 def _exec(argv: list[str]) -> int:
     if not shutil.which(argv[0]):
         raise LabError(f"{argv[0]} is not installed in this environment.")
@@ -90,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
     except LabError as e:

@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -164,6 +165,12 @@ class LocalVMSpawner(LocalProcessSpawner):
         help="""When the hub does not run as root, students share its account
         and each gets this directory as notebook root ({username} expands).""",
     ).tag(config=True)
+    terminal_shell = Unicode(
+        "/bin/bash -i",
+        help="""Command for JupyterLab terminals. Deliberately not a login
+        shell: Debian's /etc/profile resets PATH, which would hide `labvm`
+        and the hub's Python environment. Empty: Jupyter's default.""",
+    ).tag(config=True)
     profile_list = List(
         Dict(),
         help="""Choices shown on the spawn page, kubespawner-style: each a dict
@@ -179,6 +186,7 @@ class LocalVMSpawner(LocalProcessSpawner):
 
     # -- state kept across hub restarts ---------------------------------
     vm_pid = Integer(0)
+    notebook_start_time = Integer(0)
     vm_start_time = Integer(0)
     vm_ssh_port = Integer(0)
     rundir_path = Unicode("")
@@ -195,6 +203,8 @@ class LocalVMSpawner(LocalProcessSpawner):
                 vm_start_time=self.vm_start_time,
                 vm_ssh_port=self.vm_ssh_port,
             )
+        if self.pid:
+            state["notebook_start_time"] = self.notebook_start_time
         return state
 
     def load_state(self, state):
@@ -203,11 +213,12 @@ class LocalVMSpawner(LocalProcessSpawner):
         self.vm_pid = state.get("vm_pid", 0)
         self.vm_start_time = state.get("vm_start_time", 0)
         self.vm_ssh_port = state.get("vm_ssh_port", 0)
+        self.notebook_start_time = state.get("notebook_start_time", 0)
         self.vm_active = bool(self.vm_pid)
 
     def clear_state(self):
         super().clear_state()
-        self.vm_pid = self.vm_start_time = self.vm_ssh_port = 0
+        self.vm_pid = self.vm_start_time = self.vm_ssh_port = self.notebook_start_time = 0
         self.vm_active = False
 
     # -- profile and account ---------------------------------------------
@@ -292,6 +303,8 @@ class LocalVMSpawner(LocalProcessSpawner):
 
     def get_args(self):
         args = super().get_args()
+        if self.terminal_shell:
+            args.append(f"--ServerApp.terminado_settings=shell_command={self.terminal_shell}")
         if self._shared_account:
             home = os.path.expanduser(self.shared_home_template.format(username=self.user.name))
             args.append(f"--ServerApp.root_dir={home}")
@@ -494,7 +507,16 @@ class LocalVMSpawner(LocalProcessSpawner):
             else:
                 self.rundir_path = ""
             self._progress(80, "Starting JupyterLab")
-            return await super().start()
+            try:
+                address = await super().start()
+                self.notebook_start_time = vmprocess.proc_start_time(self.pid) or 0
+                return address
+            except PermissionError as e:
+                raise SpawnError(
+                    f"The account {account.name!r} cannot run the notebook server ({e}). "
+                    "The hub's Python environment must be readable by every user: "
+                    "install it outside /root, e.g. with Debian's /usr/bin/python3."
+                ) from None
         except BaseException:
             await self._stop_vm()
             raise
@@ -522,14 +544,28 @@ class LocalVMSpawner(LocalProcessSpawner):
             ProcessId(self.vm_pid, self.vm_start_time), marker=self.rundir_path
         )
 
+    def notebook_alive(self) -> bool:
+        # Not LocalProcessSpawner.poll(): it clears all state (the VM's too)
+        # the moment the notebook exits, and trusts a restored pid blindly.
+        if self.proc is not None and self.proc.pid == self.pid:
+            return self.proc.poll() is None
+        if not self.pid:
+            return False
+        return vmprocess.is_same_process(ProcessId(self.pid, self.notebook_start_time))
+
     async def poll(self):
-        status = await super().poll()
-        if status is not None:
-            return status
+        """None while both the notebook and the VM run; else an exit status.
+
+        A dead VM counts: the hub then stops the server, and the student
+        starts a fresh one (their files live in the home directory).
+        """
+        if not self.notebook_alive():
+            return self.proc.returncode if self.proc is not None and self.proc.returncode else 0
         if self.with_vm and self.vm_active and not self.vm_alive():
             self.log.warning(
-                "VM of %s is gone; last console lines:\n%s",
+                "VM of %s is gone. QEMU said: %s\nLast console lines:\n%s",
                 self._log_name,
+                vmprocess.tail(self.rundir.qemu_log, 3) if self.rundir_path else "",
                 vmprocess.tail(self.rundir.console_log) if self.rundir_path else "",
             )
             return 1
@@ -544,13 +580,29 @@ class LocalVMSpawner(LocalProcessSpawner):
         self.vm_active = False
         self._remove_rundir()
 
-    async def stop(self, now=False):
-        # Terminals run in sessions of their own under the server, so signal
-        # the whole tree, not just the server's pid.
-        tree = vmprocess.descendants(self.pid) if self.pid else []
-        idents = [i for i in map(vmprocess.identify, tree) if i]
-        await super().stop(now=now)
-        for ident in idents:
+    async def _stop_notebook(self, now: bool) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL the notebook server, then every
+        process that was under it: terminals run in sessions of their own, so
+        signalling the server's pid or group alone would leave them."""
+        if not self.notebook_alive():
+            return
+        tree = [i for i in map(vmprocess.identify, vmprocess.descendants(self.pid)) if i]
+        steps = [(signal.SIGTERM, self.term_timeout), (signal.SIGKILL, self.kill_timeout)]
+        if not now:
+            steps.insert(0, (signal.SIGINT, self.interrupt_timeout))
+        for sig, timeout in steps:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while self.notebook_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if not self.notebook_alive():
+                break
+        for ident in tree:
             await vmprocess.stop_process_group(ident, term_timeout=2)
+
+    async def stop(self, now=False):
+        await self._stop_notebook(now)
         await self._stop_vm()
-        self.clear_state()

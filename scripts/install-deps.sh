@@ -39,7 +39,10 @@ fi
 stamp=.venv/.installed
 inputs=$(cat setup.cfg pyproject.toml scripts/install-deps.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
-  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # Debian's /usr/bin/python3, not a per-user interpreter (pyenv, conda in
+  # /root): students' notebook servers run this Python under their own
+  # accounts, so it must be readable by every user.
+  [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
   .venv/bin/pip install -q -U pip
   .venv/bin/pip install -q -e '.[test,kubernetes]'
   echo "$inputs" > "$stamp"

@@ -68,6 +68,8 @@ class Hub:
             c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
             c.ConfigurableHTTPProxy.should_start = True
             c.JupyterHub.cleanup_servers = False
+            # POST returns at once, so the progress stream shows every step.
+            c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
             c.JupyterHub.cleanup_proxy = True
             c.JupyterHub.db_url = "sqlite:///{self.workdir}/jupyterhub.sqlite"
             c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"

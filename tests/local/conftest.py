@@ -31,7 +31,7 @@ c.LocalVMSpawner.profile_list = [
     {{"display_name": "Guest not built", "slug": "noguest",
       "spawner_override": {{"guest_dir": "/nonexistent/guest"}}}},
     {{"display_name": "Kernel panics", "slug": "panic",
-      "spawner_override": {{"vm_kernel_args": ["rdinit=/nonexistent"]}}}},
+      "spawner_override": {{"vm_kernel_args": ["rdinit=/bin/false"]}}}},
     {{"display_name": "Kernel never ready", "slug": "hang",
       "spawner_override": {{"vm_kernel_args": ["rdinit=/bin/sh"], "vm_boot_timeout": 15}}}},
     {{"display_name": "Port clash", "slug": "clash",
@@ -56,15 +56,17 @@ def hub(tmp_path_factory, guest):
 
 
 def user_processes(name: str) -> list[str]:
-    """ps lines of every process running as system account ``name``."""
+    """ps lines of every live process of system account ``name`` (zombies,
+    which have exited and wait only for their parent to collect the status,
+    do not count)."""
     try:
         uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return []
     out = subprocess.run(
-        ["ps", "-o", "pid=,args=", "-u", str(uid)], capture_output=True, text=True
+        ["ps", "-o", "stat=,pid=,args=", "-u", str(uid)], capture_output=True, text=True
     ).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("Z")]
 
 
 def qemu_for(runtime_root: str) -> list[str]:

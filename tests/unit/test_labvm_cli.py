@@ -84,3 +84,13 @@ def test_bad_files(args, message, tmp_path):
 def test_console_without_socket():
     r = labvm("console", env={**VM_ENV, "LAB_VM_CONSOLE": "/nonexistent/console.sock"})
     assert r.returncode == 1 and "console is not there" in r.stderr
+
+
+def test_gdb_and_ssh_arguments_pass_through():
+    from kubevirt_spawner.labvm import parse_args
+
+    ns = parse_args(["gdb", "-batch", "-ex", "break do_sys_open", "-ex", "bt"])
+    assert ns.command == "gdb" and ns.gdb_args == ["-batch", "-ex", "break do_sys_open", "-ex", "bt"]
+    ns = parse_args(["ssh", "ls", "-la", "/root"])
+    assert ns.command == "ssh" and ns.cmd == ["ls", "-la", "/root"]
+    assert parse_args(["insmod", "a.ko", "n=3"]).params == ["n=3"]
