@@ -87,6 +87,23 @@ def qemu_pid(hub: Hub, name: str) -> int:
     return hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]["vm_pid"]
 
 
+def vm_pids(rundir: str | Path) -> list[int]:
+    """QEMU processes whose command line names ``rundir`` (read from /proc:
+    `ps` output may be cut to 80 columns when it has no terminal)."""
+    mark = os.fsencode(f"{rundir}/")
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmd = Path(entry.path, "cmdline").read_bytes()
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            if b"qemu-system" in cmd.split(b"\0")[0] and mark in cmd and ") Z " not in stat:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def console_log(hub: Hub, name: str) -> str:
     return Path(hub.runtime_root, name, "console.log").read_text(errors="replace")
 
