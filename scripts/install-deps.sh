@@ -44,7 +44,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ]; then
   # accounts, so it must be readable by every user.
   [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
   .venv/bin/pip install -q -U pip
-  .venv/bin/pip install -q -e '.[test,kubernetes]'
+  .venv/bin/pip install -q -e '.[test,kubernetes,course]'
   echo "$inputs" > "$stamp"
 fi
 

@@ -1,0 +1,158 @@
+"""The lab texts (notebooks/labs/*.lab), their nbgrader notebooks, and the check helpers."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from kubevirt_spawner import checks
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+spec = importlib.util.spec_from_file_location("build_sources", NOTEBOOKS / "build_sources.py")
+build_sources = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build_sources)
+
+
+def test_committed_notebooks_match_the_lab_texts():
+    assert build_sources.build(check=True) == [], "run: python notebooks/build_sources.py"
+
+
+def test_every_lab_has_goals_time_free_point_and_checks():
+    for lab in sorted(NOTEBOOKS.glob("labs/*.lab")):
+        cells = build_sources.parse_lab(lab.read_text(), lab.name)
+        text = "\n".join(c["source"] for c in cells)
+        assert "**Goals.**" in text and "**Estimated time:**" in text, lab.name
+        tests = [c for c in cells if c["kind"] == "test"]
+        assert any(c["source"].lower().startswith("# free point") for c in tests), lab.name
+        assert len(tests) >= 3, lab.name
+        assert all(f'check("{lab.stem}.' in c["source"] for c in tests), lab.name
+        points = sum(int(c["attrs"]["points"]) for c in tests)
+        assert f"**Points:** {points}" in text, (
+            f"{lab.name}: header says other points than {points}"
+        )
+
+
+def test_notebook_metadata_is_nbgrader_schema_3():
+    nb = build_sources.to_notebook(build_sources.parse_lab(
+        "%%% markdown locked=1\n# T\n%%% solution id=s\nx = 1\n%%% test id=t points=2\nassert x\n"),
+        "labx")  # fmt: skip
+    md, sol, test = nb["cells"]
+    assert md["metadata"]["nbgrader"] == {
+        "grade": False,
+        "grade_id": "labx-00",
+        "locked": True,
+        "schema_version": 3,
+        "solution": False,
+        "task": False,
+    }
+    assert sol["metadata"]["nbgrader"] == {
+        "grade": False,
+        "grade_id": "s",
+        "locked": False,
+        "schema_version": 3,
+        "solution": True,
+        "task": False,
+    }
+    assert test["metadata"]["nbgrader"] == {"grade": True, "grade_id": "t", "locked": True,
+                                            "points": 2, "schema_version": 3, "solution": False,
+                                            "task": False}  # fmt: skip
+    assert [c["id"] for c in nb["cells"]] == ["labx-00", "s", "t"]
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        pytest.param("x\n%%% code\n", "before the first cell", id="text-first"),
+        pytest.param("%%% cde\n", "unknown cell kind", id="bad-kind"),
+        pytest.param("%%% solution\nx\n", "needs id=", id="solution-without-id"),
+        pytest.param("%%% test id=t\nx\n", "needs points=", id="test-without-points"),
+        pytest.param("%%% test id=t points=1\n%%% solution id=t\n", "duplicate", id="dup-id"),
+        pytest.param("%%%code\n", "bad cell header", id="no-space"),
+    ],
+)
+def test_bad_lab_text(text, error):
+    with pytest.raises(build_sources.LabSyntaxError, match=error):
+        build_sources.parse_lab(text)
+
+
+def test_build_sources_cli(capsys):
+    assert build_sources.main(["--check"]) == 0
+    with pytest.raises(SystemExit):
+        build_sources.main(["--help"])
+    with pytest.raises(SystemExit):
+        build_sources.main(["--bogus"])
+
+
+def test_check_turns_errors_into_one_sentence(capsys):
+    with pytest.raises(checks.CheckFailed) as e:
+        with checks.check("x.y"):
+            checks.expect_equal("4 the\n", "4 the\n3 cat\n", "topwords.sh words.txt")
+    assert str(e.value) == "topwords.sh words.txt: expected 4 the 3 cat, but saw 4 the."
+    assert e.value.__suppress_context__
+    with pytest.raises(checks.CheckFailed, match=r"^NameError: name 'release' .*Run the cells"):
+        with checks.check("x.y"):
+            release  # noqa: B018, F821
+    with pytest.raises(checks.CheckFailed, match="Cannot reach"):
+        with checks.check("x.y"):
+            raise checks.LabError("Cannot reach your VM over ssh.")
+    with checks.check("x.z"):
+        checks.expect_in("a", "abc", "abc")
+    assert "x.z passed" in capsys.readouterr().out
+
+
+def test_ipython_shows_only_the_message():
+    e = checks.CheckFailed("expected 3, but saw 0.")
+    assert e._render_traceback_() == ["\x1b[0;31mCheckFailed\x1b[0m: expected 3, but saw 0."]
+
+
+def test_short_and_no_vm(monkeypatch):
+    assert checks.short("a\n  b\n") == "a b"
+    assert len(checks.short("x" * 500)) == 160
+    monkeypatch.delenv("LAB_VM_HOST", raising=False)
+    with pytest.raises(checks.CheckFailed, match="has no VM"):
+        checks.vm()
+
+
+def test_report_hook_is_silent_without_lab_manager(monkeypatch):
+    monkeypatch.delenv("LAB_MANAGER_URL", raising=False)
+    called = []
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: called.append(a))
+    checks.report("lab1.x", True)
+    assert called == []
+
+
+def test_report_hook_posts_and_never_raises(monkeypatch):
+    import json
+
+    monkeypatch.setenv("LAB_MANAGER_URL", "http://127.0.0.1:9/checks")
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+    sent = []
+
+    class Resp:
+        def close(self):
+            pass
+
+    def fake(req, timeout):
+        sent.append((req.full_url, json.loads(req.data), timeout))
+        return Resp()
+
+    monkeypatch.setattr("urllib.request.urlopen", fake)
+    checks.report("lab1.x", False, "expected 3")
+    assert sent == [("http://127.0.0.1:9/checks",
+                     {"user": "alice", "check": "lab1.x", "passed": False, "message": "expected 3"},
+                     2)]  # fmt: skip
+
+    def refuse(req, timeout):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr("urllib.request.urlopen", refuse)
+    checks.report("lab1.x", True)  # no exception
+
+
+def test_compile_program_reports_first_error(tmp_path):
+    src = tmp_path / "bad.c"
+    src.write_text("int main(void) { return x; }\n")
+    with pytest.raises(checks.CheckFailed, match=r"bad.c does not compile: .*.x. undeclared"):
+        checks.compile_program(src)
+    with pytest.raises(checks.CheckFailed, match="does not exist yet"):
+        checks.compile_program(tmp_path / "missing.c")
