@@ -557,17 +557,26 @@ class LocalVMSpawner(LocalProcessSpawner):
         """None while both the notebook and the VM run; else an exit status.
 
         A dead VM counts: the hub then stops the server, and the student
-        starts a fresh one (their files live in the home directory).
+        starts a fresh one (their files live in the home directory). The hub
+        calls stop() only for servers that poll() says are running, so the
+        half that is still alive is stopped here, before saying the server
+        is gone.
         """
         if not self.notebook_alive():
+            if self.vm_active:
+                self.log.warning("Notebook server of %s exited; stopping its VM", self._log_name)
+                await self._stop_vm()
             return self.proc.returncode if self.proc is not None and self.proc.returncode else 0
         if self.with_vm and self.vm_active and not self.vm_alive():
             self.log.warning(
-                "VM of %s is gone. QEMU said: %s\nLast console lines:\n%s",
+                "VM of %s is gone; stopping its notebook server. QEMU said: %s\n"
+                "Last console lines:\n%s",
                 self._log_name,
                 vmprocess.tail(self.rundir.qemu_log, 3) if self.rundir_path else "",
                 vmprocess.tail(self.rundir.console_log) if self.rundir_path else "",
             )
+            await self._stop_notebook(now=True)
+            await self._stop_vm()
             return 1
         return None
 

@@ -81,6 +81,7 @@ class Hub:
             }}]
             c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
             c.Spawner.start_timeout = 180
+            c.Spawner.poll_interval = 3
             c.Spawner.http_timeout = 120
             c.LocalVMSpawner.create_system_users = True
             c.LocalVMSpawner.runtime_root = {self.runtime_root!r}

@@ -138,13 +138,34 @@ def main() -> None:
             a, h = gdb_round_trip(vm)
             attach.append(a)
             hits.append(h)
-        rows.append(("gdb attach (vmlinux symbols loaded)", f"{statistics.median(attach):.2f} s", "", "median of 3"))
-        rows.append(("gdb break -> trigger in VM -> hit -> detach", f"{statistics.median(hits):.2f} s", "<= 1 s", "median of 3"))
+        rows.append(
+            (
+                "gdb attach (vmlinux symbols loaded)",
+                f"{statistics.median(attach):.2f} s",
+                "",
+                "median of 3",
+            )
+        )
+        rows.append(
+            (
+                "gdb break -> trigger in VM -> hit -> detach",
+                f"{statistics.median(hits):.2f} s",
+                "<= 1 s",
+                "median of 3",
+            )
+        )
 
         mdir = work / "module"
         mdir.mkdir()
         cycles = [module_cycle(vm, mdir, n) for n in range(3)]
-        rows.append(("module edit -> build -> insmod -> dmesg -> rmmod", f"{statistics.median(cycles):.2f} s", "<= 5 s", "median of 3"))
+        rows.append(
+            (
+                "module edit -> build -> insmod -> dmesg -> rmmod",
+                f"{statistics.median(cycles):.2f} s",
+                "<= 5 s",
+                "median of 3",
+            )
+        )
 
         per_student = []
         for i in range(args.rounds):

@@ -64,13 +64,13 @@ def user_processes(name: str) -> list[str]:
     except KeyError:
         return []
     out = subprocess.run(
-        ["ps", "-o", "stat=,pid=,args=", "-u", str(uid)], capture_output=True, text=True
+        ["ps", "-ww", "-o", "stat=,pid=,args=", "-u", str(uid)], capture_output=True, text=True
     ).stdout
     return [line for line in out.splitlines() if line.strip() and not line.startswith("Z")]
 
 
 def qemu_for(runtime_root: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "qemu-system" in line and runtime_root in line]
 
 

@@ -51,3 +51,16 @@ def test_vm_that_died_while_hub_was_down_is_cleaned_up(hub):
     wait_for(lambda: hub.server_state(USER) is None, 60, "the hub to notice the dead VM")
     wait_for(lambda: not rundir.exists(), 30, "the runtime directory to go")
     assert_nothing_left(hub, USER)
+
+
+def test_vm_that_dies_under_a_running_hub_takes_its_server_down(hub):
+    """A crashed QEMU is not hidden behind a healthy notebook: the hub sees
+    the server stop, and the notebook and terminals go with it."""
+    assert hub.spawn(USER)[-1].get("ready")
+    rundir = Path(hub.runtime_root, USER)
+    (vm,) = qemu_for(str(rundir))
+    os.kill(int(vm.split()[0]), signal.SIGKILL)
+    wait_for(lambda: hub.server_state(USER) is None, 60, "the hub to notice the dead VM")
+    wait_for(lambda: not rundir.exists(), 30, "the runtime directory to go")
+    assert_nothing_left(hub, USER)
+    assert "VM of kvst-dave is gone" in hub.log_tail(400)

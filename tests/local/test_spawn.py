@@ -122,4 +122,3 @@ def test_stop_leaves_nothing_behind(hub, alice, bob):
     for name in (alice, bob):
         hub.stop_server(name)
         assert_nothing_left(hub, name)
-
