@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hubctl import Hub  # noqa: E402
+from hubctl import Hub
 
-from kubevirt_spawner.lab import LabEnv, LabVM, ssh_argv  # noqa: E402
-from kubevirt_spawner.vmprocess import descendants  # noqa: E402
+from kubevirt_spawner.lab import LabEnv, LabVM, ssh_argv
+from kubevirt_spawner.vmprocess import descendants
 
 HELLO_C = r"""
 #include <linux/module.h>

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import requests
-from hubctl import CHP, REPO, free_port
+from hubctl import REPO, free_port
 
 pytestmark = pytest.mark.local
 
