@@ -402,7 +402,7 @@ class LocalVMSpawner(LocalProcessSpawner):
                 self.log.warning("Stopping leftover VM pid %d of %s", ident.pid, self._log_name)
                 await vmprocess.stop_process_group(ident)
 
-    async def _start_vm(self, guest: Guest, account: Account) -> None:
+    async def _start_vm(self, guest: Guest, account: Account, on_kernel_up) -> None:
         accel, why = await self._choose_accel(guest)
         self._progress(5, f"Accelerator: {accel.upper()} ({why})")
         rd = self._prepare_rundir(account)
@@ -443,6 +443,7 @@ class LocalVMSpawner(LocalProcessSpawner):
                 async for step in vmprocess.watch_boot(proc, rd, self.vm_boot_timeout):
                     if step == "init":
                         self._progress(40, "Kernel up")
+                        on_kernel_up()
                 return await self._await_ssh_and_gdb(rd, port)
             except VMStartError:
                 if "host forwarding rule" not in vmprocess.tail(rd.qemu_log, 5):
@@ -484,40 +485,54 @@ class LocalVMSpawner(LocalProcessSpawner):
     def _log_name(self) -> str:
         return self.user.name + (f":{self.name}" if self.name else "")
 
+    async def _start_notebook(self, account: Account):
+        self._progress(45, "Starting JupyterLab")
+        try:
+            address = await LocalProcessSpawner.start(self)
+        except PermissionError as e:
+            raise SpawnError(
+                f"The account {account.name!r} cannot run the notebook server ({e}). "
+                "The hub's Python environment must be readable by every user: "
+                "install it outside /root, e.g. with Debian's /usr/bin/python3."
+            ) from None
+        self.notebook_start_time = vmprocess.proc_start_time(self.pid) or 0
+        return address
+
     async def start(self):
         self._events = []
         self._start_done = False
         self._vm_started = time.monotonic()
+        self._notebook_future = None
         try:
             profile = self._apply_profile()
             if profile:
                 self._progress(2, f"Profile: {profile}")
             account = await self._account()
             await self._stop_leftover_vm()
-            if self.with_vm:
-                try:
-                    guest = Guest.find(self.guest_dir)
-                except GuestNotBuilt as e:
-                    raise SpawnError(str(e)) from None
-                try:
-                    await self._start_vm(guest, account)
-                except VMStartError as e:
-                    self.log.error("VM for %s failed: %s %s", self._log_name, e, e.detail)
-                    raise SpawnError(str(e)) from None
-            else:
+            if not self.with_vm:
                 self.rundir_path = ""
-            self._progress(80, "Starting JupyterLab")
+                return await self._start_notebook(account)
             try:
-                address = await super().start()
-                self.notebook_start_time = vmprocess.proc_start_time(self.pid) or 0
-                return address
-            except PermissionError as e:
-                raise SpawnError(
-                    f"The account {account.name!r} cannot run the notebook server ({e}). "
-                    "The hub's Python environment must be readable by every user: "
-                    "install it outside /root, e.g. with Debian's /usr/bin/python3."
-                ) from None
+                guest = Guest.find(self.guest_dir)
+            except GuestNotBuilt as e:
+                raise SpawnError(str(e)) from None
+
+            # JupyterLab needs seconds to start; start it as soon as QEMU
+            # runs (its ssh port is then bound) and let both boot together.
+            def on_kernel_up():
+                self._notebook_future = asyncio.ensure_future(self._start_notebook(account))
+
+            try:
+                await self._start_vm(guest, account, on_kernel_up)
+            except VMStartError as e:
+                self.log.error("VM for %s failed: %s %s", self._log_name, e, e.detail)
+                raise SpawnError(str(e)) from None
+            return await self._notebook_future
         except BaseException:
+            if self._notebook_future is not None:
+                if not self._notebook_future.done():
+                    self._notebook_future.cancel()
+                await self._stop_notebook(now=True)
             await self._stop_vm()
             raise
         finally:
