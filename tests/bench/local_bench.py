@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="sequential spawns to time")
     ap.add_argument("--concurrent", type=int, default=4, help="students spawned at once")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="kvs-bench-"))
     hub = Hub(work).start()
     rows = []
@@ -208,7 +209,10 @@ def main() -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
-    print(f"\nmachine: {os.cpu_count()} cores, {cpu}; accelerator: see hub log ({hub.log_path})")
+    accel = next((line.split("Accelerator: ", 1)[1] for line in hub.log_path.read_text().splitlines()
+                  if "Accelerator: " in line), "unknown")  # fmt: skip
+    print(f"\nmachine: {os.cpu_count()} cores, {cpu}; 1-min load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after; accelerator: {accel}")  # fmt: skip
     w = max(len(r[0]) for r in rows)
     print(f"{'measure':{w}}  {'result':>9}  {'target':>9}  notes")
     print(f"{'-' * w}  {'-' * 9}  {'-' * 9}  -----")
