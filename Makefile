@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: deps guest demo test test-unit test-local lint bench clean cluster-bins test-cluster bench-cluster
+.PHONY: deps guest demo test test-unit test-local lint bench clean cluster-bins test-cluster bench-cluster images
 
 deps:
 	@scripts/install-deps.sh
@@ -18,7 +18,7 @@ lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-test: lint guest cluster-bins
+test: lint guest cluster-bins images
 	$(PY) -m pytest -q tests
 
 test-unit: deps
@@ -35,7 +35,12 @@ test-cluster: deps cluster-bins
 bench-cluster: deps cluster-bins
 	$(PY) tests/cluster/bench_spawn_100.py
 
-test-local: guest
+# Container images (notebook, hub, VM disk) built with debootstrap + buildah,
+# cached by input hash (cold: see README "Images"; warm: seconds).
+images: deps
+	@images/build.sh
+
+test-local: guest images
 	$(PY) -m pytest -q tests/local
 
 bench: guest

@@ -18,6 +18,8 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients libxml2-utils
   # the lab manager's browser test (headless Chromium driven by Playwright)
   chromium chromium-driver
+  # container images without a daemon (images/build.sh) and the NoCloud seed of their test
+  buildah debootstrap genisoimage
 )
 
 missing=()
