@@ -26,8 +26,9 @@ DEFAULT_MINER_NAMES = (
     "cgminer", "bfgminer", "ethminer", "nbminer", "t-rex", "lolminer", "phoenixminer",
     "nanominer", "srbminer-multi", "teamredminer", "gminer", "kswapd0x", "xmr",
 )  # fmt: skip
-# Stratum ports mining pools commonly listen on.
-DEFAULT_MINING_PORTS = (3333, 3334, 3335, 4444, 5555, 7777, 8888, 9999, 14433, 14444, 45560)
+# Stratum ports mining pools commonly listen on (8888 and 9999 are left out:
+# students' own servers use them too).
+DEFAULT_MINING_PORTS = (3333, 3334, 3335, 4444, 5555, 7777, 14433, 14444, 45560)
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,22 @@ def mining_connections(conns: Iterable[tuple[str, int, str]], ports: Iterable[in
     """Flag TCP connections (remote address, remote port, state) to a mining port.
 
     Connection attempts count (SYN_SENT): the VM may be cut off from the
-    network, but trying to reach a pool is the sign."""
+    network, but trying to reach a pool is the sign. Connections to the VM
+    itself (loopback) do not: a pool is never local."""
     port_set = set(ports)
-    hits = sorted({f"{addr}:{port} ({state})" for addr, port, state in conns if port in port_set})
+    hits = sorted({f"{addr}:{port} ({state})" for addr, port, state in conns
+                   if port in port_set and not _is_loopback(addr)})  # fmt: skip
     if hits:
         return Flag(MINING_PORT, "connection to a mining-pool port: " + ", ".join(hits))
     return None
+
+
+def _is_loopback(addr: str) -> bool:
+    return (
+        addr.startswith("127.")
+        or addr in ("0:0:0:0:0:0:0:1", "::1")
+        or (addr.startswith("0:0:0:0:0:ffff:7f"))
+    )
 
 
 TCP_STATES = {

@@ -209,7 +209,7 @@ class LabManager:
                         if f:
                             flags.append(f)
                 else:
-                    log.debug("Inspecting the VM of %s failed (%d): %s", s.key, rc, out.strip())
+                    log.warning("Inspecting the VM of %s failed (%d): %s", s.key, rc, out.strip())
             for f in flags:
                 if await self._raise(s, f):
                     raised.append((s, f))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from manager_hub import INSTRUCTOR, call, cleanup, start_hub, user_token, wait_for
+from manager_hub import INSTRUCTOR, call, cleanup, qemu_pid, start_hub, user_token, wait_for
 
 from kubevirt_spawner.lab import LabEnv, LabVM
 from kubevirt_spawner.manager.core import LabManager, Settings
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.local
 
 MINER, BUILDER = "kvsm-miner", "kvsm-builder"
 WINDOW = 20  # seconds of sustained CPU (default 600; short for the test)
-THRESHOLD = 0.2  # cores: an idle TCG guest uses ~0.01; a burner ~1 core minus contention
+THRESHOLD = 0.15  # cores: an idle TCG guest uses ~0.01-0.1; a burner up to 1 core minus contention
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,10 @@ async def test_burner_is_flagged_module_build_is_not(hub):
     for p in (home, home / "hello.c", home / "Makefile"):
         os.chown(p, pw.pw_uid, pw.pw_gid)
 
+    # Both VMs at normal priority (the test may run under `nice` on a shared
+    # machine; a starved burner would only be flagged later, never wrongly).
+    for name in (MINER, BUILDER):
+        os.setpriority(os.PRIO_PROCESS, qemu_pid(hub, name), 0)
     # A CPU burner in the miner's VM, started behind the student's notebook's back.
     vm_of(hub, MINER).run("setsid sh -c 'while :; do :; done' </dev/null >/dev/null 2>&1 &")
     t0 = time.monotonic()
@@ -104,7 +108,7 @@ async def test_burner_is_flagged_module_build_is_not(hub):
                 break
     finally:
         term.close()
-    wait_for(lambda: flags(hub, MINER), 90, "the burner to be flagged", hub, every=2)
+    wait_for(lambda: flags(hub, MINER), 150, "the burner to be flagged", hub, every=2)
     took = time.monotonic() - t0
     (flag,) = flags(hub, MINER)
     assert (flag["rule"], flag["action"]) == ("sustained-cpu", "flag")
@@ -127,8 +131,10 @@ def test_miner_process_and_pool_port_are_flagged(hub):
     vm = vm_of(hub, MINER)
     vm.run("printf '#!/bin/sh\\nwhile :; do sleep 1; done\\n' > /root/xmrig && chmod +x /root/xmrig"
            " && setsid /root/xmrig </dev/null >/dev/null 2>&1 &")  # fmt: skip
-    # The VM's network is restricted: the connection never completes, but trying is the sign.
-    vm.run("setsid sh -c 'while :; do nc 10.0.2.2 3333 </dev/null; sleep 1; done' "
+    # Pools are out of reach (QEMU refuses every outside connection at once,
+    # too briefly to be seen): try a neighbour that never answers, so the
+    # attempt stays in SYN_SENT, as it does behind a dropping firewall.
+    vm.run("setsid sh -c 'while :; do nc 10.0.2.99 3333 </dev/null; done' "
            "</dev/null >/dev/null 2>&1 &")  # fmt: skip
 
     def rules():

@@ -210,6 +210,9 @@ def test_mining_connections():
     assert f == abuse.Flag(abuse.MINING_PORT,
                            "connection to a mining-pool port: 192.168.1.1:3333 (SYN_SENT)")  # fmt: skip
     assert abuse.mining_connections([("10.0.2.2", 41922, "ESTABLISHED")], [3333]) is None
+    # A student's own server on a "pool" port, reached from inside the VM, is no pool.
+    local = [("127.0.0.1", 3333, "ESTABLISHED"), ("0:0:0:0:0:ffff:7f00:1", 3333, "ESTABLISHED")]
+    assert abuse.mining_connections(local, [3333]) is None
 
 
 def test_parse_inspect_output():
