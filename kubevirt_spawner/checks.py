@@ -80,7 +80,18 @@ def check(check_id: str, passed_message: str = ""):
     except LabError as e:
         report(check_id, False, str(e))
         raise CheckFailed(str(e)) from None
-    except (NameError, AttributeError, TypeError, ValueError, KeyError, OSError) as e:
+    except NotImplementedError:
+        msg = ("Not done yet: your code still raises NotImplementedError; replace that line "
+               "with your solution and run its cell again.")  # fmt: skip
+        report(check_id, False, msg)
+        raise CheckFailed(msg) from None
+    except NameError as e:
+        name = getattr(e, "name", None) or str(e)
+        msg = (f"`{name}` is not defined yet: do the TODO that sets it, then run the cells "
+               "above this one, top to bottom.")  # fmt: skip
+        report(check_id, False, msg)
+        raise CheckFailed(msg) from None
+    except (AttributeError, TypeError, ValueError, KeyError, OSError) as e:
         # Usually: the student has not run (or finished) an earlier cell.
         msg = f"{type(e).__name__}: {e}. Run the cells above this one (top to bottom) first."
         report(check_id, False, msg)
@@ -104,7 +115,8 @@ def expect_equal(seen, expected, what: str) -> None:
     """``seen == expected``, else: "<what>: expected X, but saw Y." """
     __tracebackhide__ = True
     if seen != expected:
-        raise CheckFailed(f"{what}: expected {short(expected)!s}, but saw {short(seen)!s}.")
+        said = "nothing" if seen in ("", None) else short(seen)
+        raise CheckFailed(f"{what}: expected {short(expected)!s}, but saw {said}.")
 
 
 def expect_in(needle: str, haystack: str, what: str) -> None:

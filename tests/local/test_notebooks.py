@@ -112,5 +112,5 @@ def test_nbgrader_round_trip(lab_vm, kenv, tmp_path):
             if not cell.passed:
                 print(f"alice {lab}/{cell.grade_id}: {cell.error}")
         assert_vm_usable(lab_vm, f"autograding {lab}")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
     shutil.rmtree(course.root / "autograded", ignore_errors=True)

@@ -89,12 +89,17 @@ def test_check_turns_errors_into_one_sentence(capsys):
             checks.expect_equal("4 the\n", "4 the\n3 cat\n", "topwords.sh words.txt")
     assert str(e.value) == "topwords.sh words.txt: expected 4 the 3 cat, but saw 4 the."
     assert e.value.__suppress_context__
-    with pytest.raises(checks.CheckFailed, match=r"^NameError: name 'release' .*Run the cells"):
+    with pytest.raises(checks.CheckFailed, match=r"^`release` is not defined yet: do the TODO"):
         with checks.check("x.y"):
             release  # noqa: B018, F821
     with pytest.raises(checks.CheckFailed, match="Cannot reach"):
         with checks.check("x.y"):
             raise checks.LabError("Cannot reach your VM over ssh.")
+    with pytest.raises(checks.CheckFailed, match="^Not done yet: .*NotImplementedError"):
+        with checks.check("x.y"):
+            raise NotImplementedError()
+    with pytest.raises(checks.CheckFailed, match="expected 3, but saw nothing.$"):
+        checks.expect_equal("", "3", "out")
     with checks.check("x.z"):
         checks.expect_in("a", "abc", "abc")
     assert "x.z passed" in capsys.readouterr().out
