@@ -10,30 +10,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import pwd
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
+from traitlets import Bool, Integer, Unicode
 
 from . import vmprocess
-from .guest import Guest, GuestNotBuilt, default_guest_dir, write_vm_initrd
+from .accounts import Account, SpawnError, shared_account, system_account
+from .guest import Guest, GuestNotBuilt, write_vm_initrd
 from .lab import LabEnv, ssh_argv
-from .profiles import ProfileError, check_profiles, choose_profile
+from .localvm_settings import LocalVMSettings, default_runtime_root
+from .profiles import ProfileError, choose_profile
 from .qemu import QEMU_BINARIES, RunDir, VMSpec, gdb_remote_for_socket, probe_kvm, qemu_argv
 from .sshkeys import known_hosts_line, make_ssh_keypair
 from .vmprocess import ProcessId, VMStartError
 
-_POSIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+__all__ = ["LocalVMSpawner", "default_runtime_root", "pick_free_port", "runtime_dir_name"]
 
 
 def runtime_dir_name(username: str) -> str:
@@ -46,32 +45,13 @@ def runtime_dir_name(username: str) -> str:
     return f"{prefix}-{hashlib.sha256(username.encode()).hexdigest()[:10]}"
 
 
-def default_runtime_root() -> str:
-    if os.getuid() == 0:
-        return "/run/kubevirt-spawner"
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, f"kubevirt-spawner-{os.getuid()}")
-
-
 def pick_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@dataclass(frozen=True)
-class Account:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
-class SpawnError(Exception):
-    """A spawn failure whose message is meant for the student."""
-
-
-class LocalVMSpawner(LocalProcessSpawner):
+class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
     """Start, per student, a QEMU VM in debug mode and a JupyterLab beside it.
 
     Run as root, each student's VM and notebook run under the student's own
@@ -79,110 +59,6 @@ class LocalVMSpawner(LocalProcessSpawner):
     directory only that account can enter. Run as an ordinary user, every
     student shares that user's account (fine for a demo, not for a class).
     """
-
-    guest_dir = Unicode(
-        help="""Directory holding the built guest: bzImage, vmlinux, kdir and
-        initramfs.cpio.gz. Build it with `make guest`. Default: the `current`
-        guest in the cache ($KVS_CACHE_DIR, else /var/cache/kubevirt-spawner
-        for root, else ~/.cache/kubevirt-spawner).""",
-    ).tag(config=True)
-
-    @default("guest_dir")
-    def _default_guest_dir(self):
-        return str(default_guest_dir())
-
-    qemu_binary = Unicode(
-        "",
-        help="QEMU executable. Empty: qemu-system-x86_64 (or -aarch64) from PATH.",
-    ).tag(config=True)
-
-    accel = Enum(
-        ["auto", "kvm", "tcg"],
-        "auto",
-        help="""QEMU accelerator. `auto` uses KVM only when a short probe boot
-        under KVM prints the kernel banner (a present /dev/kvm is not enough:
-        some hosts spin or abort), and TCG otherwise. The choice and its reason
-        are logged and shown in the spawn progress.""",
-    ).tag(config=True)
-
-    kvm_probe_timeout = Float(
-        10.0, help="Seconds the KVM probe boot may take before TCG is chosen."
-    ).tag(config=True)
-
-    vm_memory_mb = Integer(256, help="VM memory in MiB.").tag(config=True)
-    vm_cpus = Integer(1, help="Virtual CPUs per VM.").tag(config=True)
-    vm_boot_timeout = Float(
-        120.0,
-        help="""Seconds from starting QEMU until the VM must answer ssh. Under
-        TCG the lab kernel needs about 5 s; a kernel panic fails the spawn at
-        once, with the console's last lines.""",
-    ).tag(config=True)
-    vm_edu_device = Bool(
-        True, help="Add QEMU's `edu` PCI device (1234:11e8) for the driver lab (x86_64)."
-    ).tag(config=True)
-    vm_network_restrict = Bool(
-        True,
-        help="""Cut the VM off from the host and the internet (QEMU user-mode
-        networking with restrict=on); the ssh forward still works. Turn off
-        only if labs need to download from inside the VM.""",
-    ).tag(config=True)
-    vm_kernel_args = List(
-        Unicode(), help="Extra guest kernel command-line arguments, e.g. ['loglevel=7']."
-    ).tag(config=True)
-    vm_extra_qemu_args = List(Unicode(), help="Extra QEMU arguments, appended last.").tag(
-        config=True
-    )
-    with_vm = Bool(
-        True,
-        help="""Start a VM with the notebook. Profiles for application-level
-        labs may set it False: then no LAB_VM_* variables are set and `labvm`
-        says the server has no VM.""",
-    ).tag(config=True)
-    ssh_port = Integer(
-        0,
-        help="""Loopback port forwarded to the VM's ssh. 0 (default) picks a
-        free one per VM. A fixed port only makes sense with one student.""",
-    ).tag(config=True)
-    runtime_root = Unicode(
-        help="""Directory under which each server gets a private 0700 runtime
-        directory (sockets, console log, keys). Default /run/kubevirt-spawner
-        for root, else under $XDG_RUNTIME_DIR or /tmp. Keep it short: unix
-        socket paths are limited to 107 bytes.""",
-    ).tag(config=True)
-
-    @default("runtime_root")
-    def _default_runtime_root(self):
-        return default_runtime_root()
-
-    create_system_users = Bool(
-        False,
-        help="""When the hub runs as root and a student has no system account,
-        create one (useradd, locked password, home under /home). Off: such a
-        spawn fails with a message naming the missing account.""",
-    ).tag(config=True)
-    shared_home_template = Unicode(
-        "~/kubevirt-spawner-homes/{username}",
-        help="""When the hub does not run as root, students share its account
-        and each gets this directory as notebook root ({username} expands).""",
-    ).tag(config=True)
-    terminal_shell = Unicode(
-        "/bin/bash -i",
-        help="""Command for JupyterLab terminals. Deliberately not a login
-        shell: Debian's /etc/profile resets PATH, which would hide `labvm`
-        and the hub's Python environment. Empty: Jupyter's default.""",
-    ).tag(config=True)
-    profile_list = List(
-        Dict(),
-        help="""Choices shown on the spawn page, kubespawner-style: each a dict
-        with display_name, optional slug, description and default, and
-        spawner_override (a dict of LocalVMSpawner settings, e.g.
-        {'with_vm': False} or {'vm_memory_mb': 512}).""",
-    ).tag(config=True)
-
-    @validate("profile_list")
-    def _check_profile_list(self, proposal):
-        check_profiles(proposal.value, "spawner_override")
-        return proposal.value
 
     # -- state kept across hub restarts ---------------------------------
     vm_pid = Integer(0)
@@ -261,34 +137,9 @@ class LocalVMSpawner(LocalProcessSpawner):
 
     async def _account(self) -> Account:
         if self._shared_account:
-            pw = pwd.getpwuid(os.getuid())
             home = os.path.expanduser(self.shared_home_template.format(username=self.user.name))
-            os.makedirs(home, mode=0o700, exist_ok=True)
-            return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, home)
-        name = self.user.name
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            if not self.create_system_users:
-                raise SpawnError(
-                    f"There is no system account named {name!r} on this server. Ask an "
-                    "administrator to create it, or set LocalVMSpawner.create_system_users = True."
-                ) from None
-            if not _POSIX_NAME.fullmatch(name):
-                raise SpawnError(
-                    f"Cannot create a system account for {name!r}: account names must be "
-                    "lower-case letters, digits, '_' or '-', at most 32 characters."
-                ) from None
-            self.log.info("Creating system account %s", name)
-            proc = await asyncio.create_subprocess_exec(
-                "useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-            out, _ = await proc.communicate()
-            if proc.returncode != 0:
-                raise SpawnError(f"useradd {name} failed: {out.decode().strip()}") from None
-            pw = pwd.getpwnam(name)
-        return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+            return shared_account(home)
+        return await system_account(self.user.name, self.create_system_users, self.log)
 
     def make_preexec_fn(self, name):
         if self._shared_account:
@@ -406,7 +257,7 @@ class LocalVMSpawner(LocalProcessSpawner):
         accel, why = await self._choose_accel(guest)
         self._progress(5, f"Accelerator: {accel.upper()} ({why})")
         rd = self._prepare_rundir(account)
-        user_key = make_ssh_keypair(f"{self.user.name}@labvm")
+        user_key = make_ssh_keypair(f"{runtime_dir_name(self.user.name)}@labvm")
         host_key = make_ssh_keypair("labvm-host")
         write_vm_initrd(guest, rd.initrd, user_key, host_key)
         fd = os.open(rd.ssh_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
