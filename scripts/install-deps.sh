@@ -13,7 +13,7 @@ APT_PACKAGES=(
   # the student's side: ssh client, gdb, socat for the gdb and console sockets
   openssh-client gdb socat
   # the hub
-  python3-venv nodejs npm
+  python3-venv
   # the KubeVirt debug hook's local test: real libvirtd + QEMU, schema validator
   libvirt-daemon-system libvirt-clients libxml2-utils
   # the lab manager's browser test (headless Chromium driven by Playwright)
@@ -21,6 +21,11 @@ APT_PACKAGES=(
   # container images without a daemon (images/build.sh) and the NoCloud seed of their test
   buildah debootstrap genisoimage
 )
+
+# configurable-http-proxy needs Node.js and npm: Debian's, unless the machine
+# already has a Node.js of its own (NodeSource's nodejs conflicts with
+# Debian's npm package).
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
