@@ -65,6 +65,10 @@ c.LocalVMSpawner.profile_list = [
     },
 ]
 
+# The lab manager (dashboard, students' VM API, reaper, abuse monitor): manager_service.py
+lab_manager = __import__("runpy").run_path(str(repo / "hub-config/manager_service.py"))
+lab_manager["add_lab_manager"](c, port=int(os.environ.get("KVS_LAB_MANAGER_PORT", "10101")), args=[f"--db={state / 'lab-manager.sqlite'}"])  # fmt: skip
+
 print(
     "\n=== kubevirt-spawner demo ===\n"
     f"Open http://{c.JupyterHub.ip}:{c.JupyterHub.port}/ and log in as\n"

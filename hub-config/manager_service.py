@@ -2,8 +2,8 @@
 
 Used from a hub config file, after ``c = get_config()``::
 
-    exec(open(Path(__file__).with_name("manager_service.py")).read())
-    add_lab_manager(c)
+    lab_manager = __import__("runpy").run_path("/path/to/hub-config/manager_service.py")
+    lab_manager["add_lab_manager"](c, args=["--idle-timeout=3600"])
 
 ``add_lab_manager`` appends to ``c.JupyterHub.services`` and
 ``c.JupyterHub.load_roles`` (so it composes with services declared before

@@ -15,8 +15,8 @@ SERVICE = "lab-manager"
 
 def manager_config(port: int, db: Path, args: list[str]) -> str:
     return f"""
-exec(open({str(REPO / "hub-config/manager_service.py")!r}).read())
-add_lab_manager(c, port={port}, args={[f"--db={db}", *args]!r})
+lab_manager = __import__("runpy").run_path({str(REPO / "hub-config/manager_service.py")!r})
+lab_manager["add_lab_manager"](c, port={port}, args={[f"--db={db}", *args]!r})
 c.JupyterHub.load_groups = {{"instructors": {{"users": [{INSTRUCTOR!r}]}}}}
 # the tests' own service may mint users' tokens (to act as a student or instructor)
 c.JupyterHub.load_roles.append({{"name": "tester-tokens", "services": ["tester"], "scopes": ["tokens"]}})
