@@ -11,10 +11,8 @@ nothing, and skip only what needs the stand-in's failure modes.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,11 +25,9 @@ from kubernetes.client.rest import ApiException
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from controlplane import KWOK_NODE_ANNOTATION, LocalControlPlane, cluster_bins  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
+from harness import local_cluster  # noqa: E402
 from kube import Cluster, wait_for  # noqa: E402
-
-KWOK_NODES = 3
 
 
 def pytest_configure(config):
@@ -46,73 +42,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.cluster)
 
 
-def install_crds(c: Cluster, path: Path) -> list[str]:
-    names = []
-    for crd in json.loads(path.read_text())["items"]:
-        crd.pop("status", None)
-        try:
-            c.apiext.create_custom_resource_definition(crd)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        names.append(crd["metadata"]["name"])
-    for name in names:
-        wait_for(
-            f"CRD {name} Established",
-            lambda n=name: any(
-                cond.type == "Established" and cond.status == "True"
-                for cond in c.apiext.read_custom_resource_definition(n).status.conditions or []
-            ),
-            timeout=60,
-        )
-    # Established can precede the resource being served; list until it is.
-    wait_for("VirtualMachines served", lambda: c.custom.list_cluster_custom_object(
-        "kubevirt.io", "v1", "virtualmachines") is not None, timeout=30)  # fmt: skip
-    return names
-
-
-def make_kwok_nodes(c: Cluster, count: int) -> None:
-    for i in range(count):
-        name = f"kvs-kwok-{i}"
-        body = {
-            "metadata": {
-                "name": name,
-                "annotations": {KWOK_NODE_ANNOTATION: "fake"},
-                "labels": {
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "type": "kwok",
-                    # virt-handler labels nodes that can run VMs; KubeVirt pins launchers to them.
-                    "kubevirt.io/schedulable": "true",
-                },
-            },
-            "status": {
-                "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
-                "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
-            },
-        }
-        try:
-            c.core.create_node(body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-        # The API server taints every new node not-ready (TaintNodesByCondition);
-        # the node-lifecycle controller that would lift it is off (see
-        # controlplane.py), so lift it here once KWOK reports the node Ready.
-
-    def ready() -> bool:
-        nodes = c.core.list_node(label_selector="type=kwok").items
-        return len(nodes) == count and all(
-            any(x.type == "Ready" and x.status == "True" for x in n.status.conditions or [])
-            for n in nodes
-        )
-
-    wait_for("KWOK nodes Ready", ready, timeout=60)
-    for i in range(count):
-        c.core.patch_node(f"kvs-kwok-{i}", {"spec": {"taints": []}})
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     kubeconfig = os.environ.get("KUBECONFIG")
@@ -124,35 +53,12 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         yield c
         return
 
-    bins = cluster_bins()
-    work = tmp_path_factory.mktemp("controlplane")
-    cp = LocalControlPlane(bins, work)
-    standin = None
-    try:
-        cp.start()
-        c = Cluster(
-            cp.admin_kubeconfig,
-            cp.server,
-            str(cp.ca),
-            local=cp,
-            crds_path=bins / "kubevirt-crds.json",
-        )
-        install_crds(c, c.crds_path)
-        make_kwok_nodes(c, KWOK_NODES)
-        wait_for("ServiceAccount default/default", lambda: c.core.read_namespaced_service_account("default", "default"), timeout=60)  # fmt: skip
-        log = open(cp.logs / "stand-in-kubevirt.log", "ab")
-        standin = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_kubevirt_controller.py"), f"--kubeconfig={cp.admin_kubeconfig}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        cp.procs["stand-in-kubevirt"] = standin
+    with local_cluster(tmp_path_factory.mktemp("controlplane")) as c:
+        cp = c.local
         sys.stderr.write(
             f"\ncluster: control plane up in {cp.started_in:.1f}s, logs in {cp.logs}\n"
         )
         yield c
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ test can target a VM the spawner names itself:
 ``unschedulable``  the launcher pod asks for more memory than any node has; the
                    real scheduler leaves it Pending (PodScheduled=False,
                    Unschedulable); printableStatus ErrorUnschedulable.
-``guest-crash``    the VMI reaches Running, then fails a moment later; the VM
+``guest-crash``    the VMI reaches Running (never Ready), then fails a moment later; the VM
                    restarts it after a back-off and shows CrashLoopBackOff.
 ``never-ready``    the VMI runs and has an IP but its Ready condition stays False.
 
@@ -490,7 +490,8 @@ class StandInKubeVirtController:
         if phase in ("Pending", "Scheduling"):
             self._vmi_status(vmi, {"phase": "Scheduled", "nodeName": node, "conditions": []})
             return
-        ready = mode != "never-ready"
+        # A crashing guest dies while booting, before its readiness probe passes.
+        ready = mode not in ("never-ready", "guest-crash")
         if phase == "Scheduled":
             self._vmi_status(vmi, {
                 "phase": "Running",

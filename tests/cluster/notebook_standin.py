@@ -17,11 +17,14 @@ import json
 import logging
 import threading
 
+import jupyterhub
 from aiohttp import web
 from kubernetes import client
 
 log = logging.getLogger("stand-in-notebooks")
 SELECTOR = "component=singleuser-server"
+# The hub compares a single-user server's version with its own.
+HEADERS = {"X-JupyterHub-Version": jupyterhub.__version__}
 
 
 def notebook_port(pod: dict) -> int:
@@ -89,7 +92,7 @@ class StandInNotebookServers:
         body = json.dumps({"stand-in": "notebook", "pod": name}).encode()
 
         async def answer(request: web.BaseRequest) -> web.Response:
-            return web.Response(body=body, content_type="application/json")
+            return web.Response(body=body, content_type="application/json", headers=HEADERS)
 
         runner = web.ServerRunner(web.Server(answer), handle_signals=False)
         await runner.setup()

@@ -71,11 +71,13 @@ def test_orphan_policy_keeps_dependents(cluster, namespace):
         *KV, namespace, "virtualmachines", "orph", propagation_policy="Orphan"
     )
     wait_gone("VM", lambda: cluster.vm(namespace, "orph"))
-    wait_for(
-        "ownerReferences stripped",
-        lambda: not (dependents(cluster, namespace)["service"].metadata.owner_references or []),
-        30,
-    )
+
+    def refs_stripped():
+        deps = dependents(cluster, namespace)
+        assert all(deps.values()), f"orphaned dependents were deleted: {deps}"
+        return not (deps["service"].metadata.owner_references or [])
+
+    wait_for("ownerReferences stripped", refs_stripped, 30)
     assert all(dependents(cluster, namespace).values()), "orphaned dependents stay"
 
 
