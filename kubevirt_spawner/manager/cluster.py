@@ -69,6 +69,11 @@ class Cluster:
                           client.CustomObjectsApi(api))  # fmt: skip
         return self._apis
 
+    async def close(self) -> None:
+        if self._apis is not None:
+            await self._apis[0].api_client.close()
+            self._apis = None
+
     async def list_objects(self) -> list[ClusterObject]:
         core, net, custom = await self._clients()
         ns = self.namespace
