@@ -175,10 +175,11 @@ class LabManager:
             self._last_usage.pop(key, None)
             self.history.pop(key, None)
             self.memory.pop(key, None)
-            self.metrics.vm_cpu.remove(key) if key in _label_values(self.metrics.vm_cpu) else None
-            self.metrics.vm_memory.remove(key) if key in _label_values(
-                self.metrics.vm_memory
-            ) else None
+            for gauge in (self.metrics.vm_cpu, self.metrics.vm_memory):
+                try:
+                    gauge.remove(key)
+                except KeyError:  # never sampled twice: no CPU value was set
+                    pass
 
     # -- abuse ----------------------------------------------------------------
     async def check_abuse(self, now: float | None = None) -> list[tuple[ServerInfo, abuse.Flag]]:
@@ -396,7 +397,3 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def _label_values(metric) -> set:
-    return {labels[0] for labels in getattr(metric, "_metrics", {})}

@@ -1,0 +1,173 @@
+"""The lab manager without a hub: its store, input validation, student client,
+and the sample -> rule -> flag -> action pipeline on a real (tiny) process."""
+
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from prometheus_client import generate_latest
+from tornado.web import HTTPError
+
+from kubevirt_spawner.manager import client
+from kubevirt_spawner.manager.core import LabManager, Settings
+from kubevirt_spawner.manager.handlers import parse_result
+from kubevirt_spawner.manager.metrics import Metrics
+from kubevirt_spawner.manager.reaper import ServerInfo
+from kubevirt_spawner.manager.store import Store
+from kubevirt_spawner.vmprocess import proc_start_time
+
+NOW = 1_750_000_000.0
+
+
+def test_store_progress_latest_result_wins_and_persists(tmp_path):
+    db = tmp_path / "m.sqlite"
+    s = Store(db)
+    s.add_result("alice", "lab1", "wc", False, NOW, "expected 3, saw 2")
+    s.add_result("alice", "lab1", "wc", True, NOW + 60)
+    s.add_result("bob", "lab1", "wc", True, NOW + 10)
+    s.add_result("bob", "lab1", "wc", False, NOW + 70, "broke it again")
+    s.add_result("bob", "lab2", "strace", True, NOW)
+    s.close()
+    s = Store(db)  # a restarted service sees the same grid
+    assert s.progress("lab1") == [
+        {"user": "alice", "lab": "lab1", "check": "wc", "attempts": 2, "last_time": NOW + 60,
+         "passed": True, "message": "", "first_pass": NOW + 60},
+        {"user": "bob", "lab": "lab1", "check": "wc", "attempts": 2, "last_time": NOW + 70,
+         "passed": False, "message": "broke it again", "first_pass": NOW + 10},
+    ]  # fmt: skip
+    assert len(s.progress()) == 3 and s.count_results() == 5
+
+
+def test_store_flags_raised_once_until_cleared(tmp_path):
+    s = Store(tmp_path / "m.sqlite")
+    first = s.raise_flag("alice", "", "sustained-cpu", "1.0 cores", "flag")
+    assert first is not None
+    assert s.raise_flag("alice", "", "sustained-cpu", "again", "flag") is None
+    assert [f["detail"] for f in s.flags()] == ["1.0 cores"]
+    assert s.clear_flag(first) and not s.clear_flag(first)
+    assert s.flags() == [] and len(s.flags(include_cleared=True)) == 1
+    assert s.raise_flag("alice", "", "sustained-cpu", "back", "flag") is not None
+
+
+OK = {"lab": "lab1", "check": "wc", "passed": True}
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        pytest.param(OK, ("lab1", "wc", True, NOW, ""), id="minimal"),
+        pytest.param({"check": "lab3.kthread", "passed": False, "message": "no output"},
+                     ("lab3", "lab3.kthread", False, NOW, "no output"), id="checks.py-format"),
+        pytest.param({**OK, "time": NOW - 5}, ("lab1", "wc", True, NOW - 5, ""), id="time"),
+        pytest.param({**OK, "user": "alice"}, ("lab1", "wc", True, NOW, ""), id="user-field"),
+    ],
+)  # fmt: skip
+def test_parse_result_accepts(body, expected):
+    assert parse_result(body, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        pytest.param({**OK, "extra": 1}, "unknown fields: extra", id="unknown-field"),
+        pytest.param({"lab": "lab1", "passed": True}, "check must be", id="no-check"),
+        pytest.param({"check": "nodot", "passed": True}, "lab must be", id="no-lab"),
+        pytest.param({**OK, "lab": "a/b"}, "lab must be", id="slash"),
+        pytest.param({**OK, "lab": "x" * 65}, "lab must be", id="long-lab"),
+        pytest.param({**OK, "check": ""}, "check must be", id="empty-check"),
+        pytest.param({**OK, "passed": 1}, "passed must be", id="int-passed"),
+        pytest.param({**OK, "time": True}, "time must be", id="bool-time"),
+        pytest.param({**OK, "time": "yesterday"}, "time must be", id="str-time"),
+        pytest.param({**OK, "time": NOW + 7200}, "time is not", id="future"),
+        pytest.param({**OK, "message": "x" * 2001}, "message must be", id="long-message"),
+        pytest.param({**OK, "message": 5}, "message must be", id="int-message"),
+    ],
+)
+def test_parse_result_refuses(body, message):
+    with pytest.raises(HTTPError) as e:
+        parse_result(body, NOW)
+    assert e.value.status_code == 400 and message in e.value.log_message
+
+
+def test_client_needs_its_environment_and_a_reachable_manager():
+    with pytest.raises(client.ManagerError, match="LAB_MANAGER_URL"):
+        client.report_check("lab1", "wc", True, environ={})
+    env = {"LAB_MANAGER_URL": "http://127.0.0.1:9/services/lab-manager/",
+           "JUPYTERHUB_API_TOKEN": "t", "JUPYTERHUB_USER": "alice"}  # fmt: skip
+    with pytest.raises(client.ManagerError, match="Cannot reach the lab manager"):
+        client.reset_vm(timeout=5, environ=env)
+
+
+class FakeHub:
+    api_url, token = "http://hub.invalid/hub/api", "x"
+
+    def __init__(self):
+        self.stopped = []
+
+    async def stop_server(self, user, server=""):
+        self.stopped.append((user, server))
+
+
+@pytest.fixture
+def burner(tmp_path):
+    """A busy process whose command line names a runtime directory, like QEMU's."""
+    rundir = tmp_path / "alice"
+    rundir.mkdir()
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass", str(rundir / "qmp.sock")])
+    time.sleep(0.2)
+    yield p, rundir
+    p.kill()
+    p.wait()
+
+
+@pytest.mark.parametrize("action", ["flag", "stop"])
+async def test_sampled_burner_is_flagged_and_acted_on(burner, tmp_path, action):
+    proc, rundir = burner
+    hub = FakeHub()
+    m = LabManager(hub, Store(tmp_path / "f.sqlite"),
+                   Settings(runtime_root=str(tmp_path), cpu_threshold=0.3, cpu_window=2.0,
+                            notebook_idle=60, inspect_interval=float("inf"), abuse_action=action),
+                   Metrics())  # fmt: skip
+    state = {"rundir": str(rundir), "vm_pid": proc.pid, "vm_start_time": proc_start_time(proc.pid)}
+    m.servers = [ServerInfo("alice", ready=True, state=state)]
+    idle_since = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    m.users = [{"name": "alice", "servers": {"": {"last_activity": idle_since}}}]
+    t0 = time.time()
+    while time.time() - t0 < 3.2:
+        m.sample()
+        await m.check_abuse()
+        time.sleep(0.3)
+    hist = list(m.history["alice"])
+    assert len(hist) >= 5 and min(h.cpu for h in hist) > 0.3, hist
+    assert m.memory["alice"] > 1 << 20
+    flags = m.store.flags()
+    assert [(f["user"], f["rule"], f["action"]) for f in flags] == [
+        ("alice", "sustained-cpu", action)
+    ]
+    assert hub.stopped == ([("alice", "")] if action == "stop" else [])
+    text = generate_latest(m.metrics.registry).decode()
+    assert f'kvs_abuse_flags_total{{action="{action}",rule="sustained-cpu"}} 1.0' in text
+    # The VM goes away: its series and history go with it.
+    m.servers = []
+    m.sample()
+    assert "alice" not in m.history
+    assert 'kvs_vm_cpu_cores{user="alice"}' not in generate_latest(m.metrics.registry).decode()
+
+
+async def test_active_notebook_is_not_flagged(burner, tmp_path):
+    proc, rundir = burner
+    m = LabManager(FakeHub(), Store(":memory:"),
+                   Settings(runtime_root=str(tmp_path), cpu_threshold=0.3, cpu_window=2.0,
+                            notebook_idle=60, inspect_interval=float("inf")),
+                   Metrics())  # fmt: skip
+    state = {"rundir": str(rundir), "vm_pid": proc.pid, "vm_start_time": proc_start_time(proc.pid)}
+    m.servers = [ServerInfo("alice", ready=True, state=state)]
+    m.users = [{"name": "alice", "servers": {"": {"last_activity": datetime.now(timezone.utc).isoformat()}}}]  # fmt: skip
+    t0 = time.time()
+    while time.time() - t0 < 3.2:
+        m.sample()
+        await m.check_abuse()
+        time.sleep(0.3)
+    assert m.store.flags() == []
