@@ -23,12 +23,18 @@ def add_lab_manager(
     ip="127.0.0.1",
     public_host="127.0.0.1",
     instructors_group="instructors",
+    notebook_url=None,
     args=(),
     environment=None,
 ):
     """Start the lab manager with the hub; extra command-line ``args``
     (e.g. ``["--idle-timeout=3600", "--abuse-action=stop"]``) configure it;
-    ``python -m kubevirt_spawner.manager --help-all`` lists them all."""
+    ``python -m kubevirt_spawner.manager --help-all`` lists them all.
+
+    ``public_host`` is where the hub's proxy reaches the service;
+    ``notebook_url`` is how notebook servers reach it (default: directly, at
+    ``http://public_host:port/services/NAME/``; on a cluster use the proxy,
+    e.g. ``http://proxy-public/services/lab-manager/``)."""
     cmd = [sys.executable, "-m", "kubevirt_spawner.manager", f"--port={port}", f"--ip={ip}"]
     spawner_cfg = c.LocalVMSpawner
     if "runtime_root" in spawner_cfg:
@@ -58,7 +64,6 @@ def add_lab_manager(
             "scopes": [f"access:services!service={name}"],
         }
     )
-    c.Spawner.environment.update(
-        {"LAB_MANAGER_URL": f"http://{public_host}:{port}/services/{name}/"}
-    )
+    url = notebook_url or f"http://{public_host}:{port}/services/{name}/"
+    c.Spawner.environment.update({"LAB_MANAGER_URL": url})
     return service
