@@ -55,11 +55,14 @@ hash_tree() { (cd "$repo" && find "$@" -type f -print0 | LC_ALL=C sort -z | xarg
 apt_cache=$out/cache/apt
 pip_cache=$out/cache/pip
 mkdir -p "$apt_cache/partial" "$pip_cache"
+# pip also gets this machine's CA bundle: where HTTPS goes through an
+# intercepting proxy, the image's own bundle does not know its CA.
 cache_args=(
   --volume "$apt_cache:/var/cache/kvs-apt"
   --volume "$pip_cache:/var/cache/kvs-pip"
+  --volume /etc/ssl/certs/ca-certificates.crt:/var/cache/kvs-host-ca.crt:ro
   --build-arg "APT_OPTS=-o Dir::Cache::Archives=/var/cache/kvs-apt"
-  --build-arg "PIP_OPTS=--cache-dir=/var/cache/kvs-pip"
+  --build-arg "PIP_OPTS=--cache-dir=/var/cache/kvs-pip --cert=/var/cache/kvs-host-ca.crt"
 )
 
 # bud NAME TAG CONTEXT [ARGS...]: buildah bud with chroot isolation
@@ -152,11 +155,14 @@ ctx() { local d=$out/ctx/$1; rm -rf "$d"; mkdir -p "$d"; echo "$d"; }
 # Built from the working tree: what `pip install .` would install.
 wheel_key=$(hash_tree kubevirt_spawner setup.cfg pyproject.toml)
 make_wheel() {
-  local dest=$1
+  local dest=$1 src
+  src=$(mktemp -d)
+  # A copy, so the build leaves nothing in the working tree.
+  (cd "$repo" && rsync -a --exclude=__pycache__ kubevirt_spawner setup.cfg pyproject.toml README.md "$src/")
   mkdir -p "$dest"
-  (cd "$repo" && "$repo/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$dest" . ) \
+  "$repo/.venv/bin/python" -m pip wheel -q --no-deps -w "$dest" "$src" \
     || die "could not build the kubevirt-spawner wheel (run: make deps)"
-  rm -rf "$repo/build"
+  rm -rf "$src"
 }
 
 vmd_key=$( { echo "$base_key $kernel_key"; hash_tree images/vm-debian images/vm-common; fn_text build_vm_debian; } | hash16)

@@ -18,8 +18,7 @@ def test_jupyterhub_help_all_lists_kubevirtspawner_traits():
             assert f"--KubeVirtSpawner.{trait}=" in out, trait
         # The z2jh config names the spawner by its entry point.
         res = hub.run("python3", "-c",
-                      "from jupyterhub.spawner import Spawner; from traitlets import Type;"
-                      "from jupyterhub.app import JupyterHub as J;"
-                      "print(J.spawner_class.from_string('kubevirt').__name__)",
+                      "from importlib.metadata import entry_points as e;"
+                      "print(e(group='jupyterhub.spawners')['kubevirt'].load().__name__)",
                       user="1000")  # fmt: skip
         assert res.stdout.strip() == "KubeVirtSpawner"
