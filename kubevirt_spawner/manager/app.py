@@ -231,6 +231,7 @@ class LabManagerApp(Application):
         try:
             await self.manager.refresh()
             self.manager.sample()
+            await self.manager.sample_cluster()
             await self.manager.check_abuse()
         except Exception:
             self.log.exception("Monitoring round failed")

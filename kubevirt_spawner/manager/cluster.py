@@ -35,6 +35,42 @@ def _age(meta: dict, now: datetime) -> float:
     return (now - created).total_seconds()
 
 
+_CPU_UNITS = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0}
+_MEM_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+              "k": 1000, "M": 10**6, "G": 10**9, "": 1}  # fmt: skip
+
+
+def parse_cpu(quantity: str) -> float:
+    """Cores from a Kubernetes CPU quantity ("250m", "123456789n", "2")."""
+    q = quantity.strip()
+    unit = q[-1] if q and q[-1] in "num" else ""
+    return float(q[: len(q) - len(unit)]) * _CPU_UNITS[unit]
+
+
+def parse_memory(quantity: str) -> int:
+    """Bytes from a Kubernetes memory quantity ("128Mi", "1G", "4096")."""
+    q = quantity.strip()
+    for unit in sorted(_MEM_UNITS, key=len, reverse=True):
+        if unit and q.endswith(unit):
+            return int(float(q[: -len(unit)]) * _MEM_UNITS[unit])
+    return int(float(q))
+
+
+def usage_by_server(pod_metrics: list[dict]) -> dict[str, tuple[float, int]]:
+    """(cores, bytes) per ``kubevirt-spawner/server`` label, summed over each
+    virt-launcher pod's containers, from metrics.k8s.io PodMetrics items."""
+    out: dict[str, tuple[float, int]] = {}
+    for item in pod_metrics:
+        server = (item.get("metadata", {}).get("labels") or {}).get(reaper.SERVER_LABEL)
+        if not server:
+            continue
+        cpu = sum(parse_cpu(c["usage"]["cpu"]) for c in item.get("containers", []))
+        mem = sum(parse_memory(c["usage"]["memory"]) for c in item.get("containers", []))
+        prev = out.get(server, (0.0, 0))
+        out[server] = (prev[0] + cpu, prev[1] + mem)
+    return out
+
+
 def objects_from_lists(lists: dict[str, list[dict]], now: datetime) -> list[ClusterObject]:
     """ClusterObjects from API list results (dicts), one list per kind; an
     object listed under two selectors appears once."""
@@ -117,6 +153,24 @@ class Cluster:
             metrics.reaped.labels(d.kind, d.reason).inc()
             done.append(d)
         return done
+
+    async def vm_usage(self) -> dict[str, tuple[float, int]]:
+        """CPU and memory of every lab VM's virt-launcher pod (needs metrics-server;
+        empty, with one warning, without it)."""
+        from kubernetes_asyncio.client.rest import ApiException
+
+        _, _, custom = await self._clients()
+        try:
+            resp = await custom.list_namespaced_custom_object(
+                "metrics.k8s.io", "v1beta1", self.namespace, "pods",
+                label_selector=f"{reaper.SERVER_LABEL},app.kubernetes.io/component=lab-vm",
+            )  # fmt: skip
+        except ApiException as e:
+            if not getattr(self, "_warned_metrics", False):
+                log.warning("No VM CPU on the cluster: metrics.k8s.io answered %s", e.status)
+                self._warned_metrics = True
+            return {}
+        return usage_by_server(resp.get("items", []))
 
     async def _vmi(self, name: str) -> dict | None:
         from kubernetes_asyncio.client.rest import ApiException

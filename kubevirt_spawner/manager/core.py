@@ -171,6 +171,10 @@ class LabManager:
             while hist and hist[0].time < now - self.s.history_seconds:
                 hist.popleft()
             self.metrics.vm_cpu.labels(s.key).set(cores)
+        known = {s.key for s in self.servers}
+        for key in [k for k in self.history if k not in known and k not in self._last_usage]:
+            self.history.pop(key)  # a cluster VM's server is gone
+            self.memory.pop(key, None)
         for key in set(self._last_usage) - live:
             self._last_usage.pop(key, None)
             self.history.pop(key, None)
@@ -181,14 +185,34 @@ class LabManager:
                 except KeyError:  # never sampled twice: no CPU value was set
                     pass
 
+    async def sample_cluster(self, now: float | None = None) -> None:
+        """CPU and memory of KubeVirt VMs, from metrics.k8s.io (its own averaging window)."""
+        if self.s.cluster is None:
+            return
+        now = time.time() if now is None else now
+        usage = await self.s.cluster.vm_usage()
+        for s in self.servers:
+            vm = s.state.get("vm_name")
+            if backend_of(s.state) != "kubevirt" or vm not in usage:
+                continue
+            cores, mem = usage[vm]
+            hist = self.history.setdefault(s.key, deque())
+            hist.append(abuse.Sample(now, round(cores, 3)))
+            while hist and hist[0].time < now - self.s.history_seconds:
+                hist.popleft()
+            self.memory[s.key] = mem
+            self.metrics.vm_cpu.labels(s.key).set(cores)
+            self.metrics.vm_memory.labels(s.key).set(mem)
+
     # -- abuse ----------------------------------------------------------------
     async def check_abuse(self, now: float | None = None) -> list[tuple[ServerInfo, abuse.Flag]]:
+        """Apply the rules to every ready local VM; look inside the VMs that are
+        due (several at a time, so a class of 100 does not hold up sampling)."""
         now = time.time() if now is None else now
-        raised = []
-        for s in self.servers:
-            if not s.ready or s.pending or backend_of(s.state) != "local":
-                continue
-            flags = []
+        servers = [s for s in self.servers
+                   if s.ready and not s.pending and backend_of(s.state) in ("local", "kubevirt")]  # fmt: skip
+        found: dict[str, list[abuse.Flag]] = {s.key: [] for s in servers}
+        for s in servers:
             model = self.server_model(s.user, s.name) or {}
             idle_for = now - _epoch(model["last_activity"]) if model.get("last_activity") else None
             f = abuse.sustained_cpu(
@@ -197,21 +221,29 @@ class LabManager:
                 notebook_idle_min=self.s.notebook_idle,
             )  # fmt: skip
             if f:
-                flags.append(f)
-            if now - self._inspected.get(s.key, 0) >= self.s.inspect_interval:
+                found[s.key].append(f)
+        # Looking inside needs the VM's ssh key: local VMs only, so far.
+        due = [s for s in servers if backend_of(s.state) == "local"
+               and now - self._inspected.get(s.key, 0) >= self.s.inspect_interval]  # fmt: skip
+        limit = asyncio.Semaphore(8)
+
+        async def inspect(s: ServerInfo) -> None:
+            async with limit:
                 self._inspected[s.key] = now
                 rc, out = await localvms.ssh_run(s.state, abuse.INSPECT_SCRIPT)
-                if rc == 0:
-                    names, conns = abuse.parse_inspect_output(out)
-                    for f in (
-                        abuse.miner_processes(names, self.s.miner_names),
-                        abuse.mining_connections(conns, self.s.mining_ports),
-                    ):
-                        if f:
-                            flags.append(f)
-                else:
-                    log.warning("Inspecting the VM of %s failed (%d): %s", s.key, rc, out.strip())
-            for f in flags:
+            if rc != 0:
+                log.warning("Inspecting the VM of %s failed (%d): %s", s.key, rc, out.strip())
+                return
+            names, conns = abuse.parse_inspect_output(out)
+            for f in (abuse.miner_processes(names, self.s.miner_names),
+                      abuse.mining_connections(conns, self.s.mining_ports)):  # fmt: skip
+                if f:
+                    found[s.key].append(f)
+
+        await asyncio.gather(*(inspect(s) for s in due))
+        raised = []
+        for s in servers:
+            for f in found[s.key]:
                 if await self._raise(s, f):
                     raised.append((s, f))
         return raised
