@@ -22,7 +22,9 @@ def demo_passwords() -> dict:
     f = state / "passwords"
     if not f.exists():
         f.touch(mode=0o600)
-        f.write_text(f"student {secrets.token_urlsafe(9)}\ninstructor {secrets.token_urlsafe(32)}\n")
+        f.write_text(
+            f"student {secrets.token_urlsafe(9)}\ninstructor {secrets.token_urlsafe(32)}\n"
+        )
     return dict(line.split(" ", 1) for line in f.read_text().split("\n") if line)
 
 
@@ -38,7 +40,9 @@ c.JupyterHub.port = int(os.environ.get("KVS_DEMO_PORT", "8000"))
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
 c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
-c.ConfigurableHTTPProxy.command = [str(repo / ".venv/node/node_modules/.bin/configurable-http-proxy")]
+c.ConfigurableHTTPProxy.command = [
+    str(repo / ".venv/node/node_modules/.bin/configurable-http-proxy")
+]
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
 
 c.JupyterHub.spawner_class = "localvm"
