@@ -101,6 +101,9 @@ build_rootfs() {
 }
 
 mkdir -p "$out"
+# One build at a time per cache: two `make` runs must not compile in the same tree.
+exec 9>"$out/.lock"
+flock -w 3600 9 || die "another guest build holds $out/.lock"
 start=$(date +%s)
 if [ -f "$kdir/bzImage.lab" ]; then log "kernel $kernel_key cached"; else build_kernel; fi
 if [ -f "$rdir/initramfs.cpio.gz" ]; then log "rootfs $rootfs_key cached"; else build_rootfs; fi
