@@ -104,6 +104,27 @@ def vm_pids(rundir: str | Path) -> list[int]:
     return sorted(found)
 
 
+def nothing_left(hub: Hub, name: str, timeout: float = 15) -> None:
+    """No process of ``name``'s account, no runtime directory, no VM (processes
+    get ``timeout`` seconds to finish exiting after the hub says stopped)."""
+    import pwd
+    import subprocess
+
+    uid = pwd.getpwnam(name).pw_uid
+
+    def procs() -> str:
+        return subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "-u", str(uid)],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+    deadline = time.monotonic() + timeout
+    while (left := procs()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == "", f"processes of {name} left behind:\n{left}"
+    rundir = Path(hub.runtime_root, name)
+    assert not rundir.exists(), f"runtime dir of {name} left behind"
+    assert vm_pids(rundir) == [], f"VM of {name} left behind"
+
+
 def console_log(hub: Hub, name: str) -> str:
     return Path(hub.runtime_root, name, "console.log").read_text(errors="replace")
 

@@ -216,6 +216,9 @@ def test_instructor_sees_both_vms_and_metrics(hub):
     text = call(hub, "GET", "metrics", teach).text
     assert 'kvs_running_vms{backend="local"} 2.0' in text
     assert 'kvs_check_results_total{outcome="pass"}' in text
+    for line in text.splitlines():
+        if line.startswith("kvs_spawn_duration_seconds_sum"):
+            print(line)
     # The manager watched both spawns go from pending to ready.
     assert 'kvs_spawn_duration_seconds_count{backend="local",phase="vm"} 2.0' in text
     assert 'kvs_spawn_duration_seconds_count{backend="local",phase="notebook"} 2.0' in text

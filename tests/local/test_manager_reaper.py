@@ -11,8 +11,7 @@ from unittest import mock
 
 import jupyterhub_idle_culler
 import pytest
-from conftest import assert_nothing_left
-from manager_hub import cleanup, qemu_pid, start_hub, vm_pids, wait_for
+from manager_hub import cleanup, nothing_left, qemu_pid, start_hub, vm_pids, wait_for
 
 from kubevirt_spawner.manager.core import LabManager, Settings
 from kubevirt_spawner.manager.hubclient import HubClient
@@ -59,7 +58,7 @@ def test_hub_killed_mid_spawn_orphans_are_reaped_running_servers_kept(hub):
     log = hub.log_path.read_text()
     assert f"Reaper deleted qemu {orphan_pid}: orphan-no-server" in log, hub.log_tail()
     assert f"Reaper deleted rundir {carol_dir}: orphan-empty-rundir" in log
-    assert_nothing_left(hub, CAROL)
+    nothing_left(hub, CAROL)
     assert vm_pids(carol_dir) == []
     # Running servers untouched: same VM processes, still ready.
     assert (qemu_pid(hub, ALICE), qemu_pid(hub, BOB)) == (alice_vm, bob_vm)
@@ -91,7 +90,7 @@ async def test_idle_and_over_age_servers_are_stopped(hub):
     wait_for(lambda: hub.server_state(BOB) is None, 120, "bob's idle server to stop", hub)
     assert hub.server_state(ALICE)["ready"]
     assert 'kvs_reaped_objects_total{kind="server",reason="idle"} 1.0' in _metrics(m)
-    assert_nothing_left(hub, BOB)
+    nothing_left(hub, BOB)
     assert vm_pids(Path(hub.runtime_root, BOB)) == []
 
     # Alice is active but her server is older than the maximum age.
@@ -100,7 +99,7 @@ async def test_idle_and_over_age_servers_are_stopped(hub):
         decided = await m.cull()
     assert decided == [(f"/user/{ALICE}/", "max-age")]
     wait_for(lambda: hub.server_state(ALICE) is None, 120, "alice's old server to stop", hub)
-    assert_nothing_left(hub, ALICE)
+    nothing_left(hub, ALICE)
     assert vm_pids(Path(hub.runtime_root, ALICE)) == []
 
 

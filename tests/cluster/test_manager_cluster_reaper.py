@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import wait_gone
 from kube import KV, get_or_none, minimal_vm, wait_for
 
 from kubevirt_spawner.manager.cluster import Cluster
@@ -124,4 +123,4 @@ def test_reset_replaces_the_vmi(cluster, namespace, kubeconfig_env):
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     assert run(namespace, "vm_state", server) == "running"
     cluster.custom.delete_namespaced_custom_object(*KV, namespace, "virtualmachines", "labvm-erin")
-    wait_gone("erin's VM", lambda: cluster.vm(namespace, "labvm-erin"))
+    wait_for("erin's VM gone", lambda: cluster.vm(namespace, "labvm-erin") is None, 60)
