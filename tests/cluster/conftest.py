@@ -92,7 +92,10 @@ def namespace(cluster, request) -> Iterator[str]:
     if rep is not None and rep.failed:
         print(f"\n--- events in {name} ---")
         for line in cluster.events(name):
-            print(line)
+            # Pod IPs are loopback addresses here (see controlplane.POD_CIDR),
+            # which EndpointSlices refuse: expected noise, not the failure.
+            if "FailedToUpdateEndpointSlices" not in line:
+                print(line)
         if cluster.local:
             dead = cluster.local.dead_components()
             if dead:
