@@ -222,3 +222,18 @@ def test_instructor_sees_both_vms_and_metrics(hub):
     # The manager watched both spawns go from pending to ready.
     assert 'kvs_spawn_duration_seconds_count{backend="local",phase="vm"} 2.0' in text
     assert 'kvs_spawn_duration_seconds_count{backend="local",phase="notebook"} 2.0' in text
+
+
+def test_instructor_restarts_and_stops_servers(hub):
+    """Last in this module: it changes the servers the other tests use."""
+    teach = hub.tokens[INSTRUCTOR]
+    old_vm = qemu_pid(hub, BOB)
+    r = call(hub, "POST", f"api/users/{BOB}/restart", teach, timeout=180)
+    assert r.status_code == 202 and r.json()["result"] == "starting", r.text
+    wait_for(lambda: (hub.server_state(BOB) or {}).get("ready"), 240, "bob's server back", hub)
+    assert qemu_pid(hub, BOB) != old_vm, "restart kept the old VM"
+    r = call(hub, "POST", f"api/users/{ALICE}/stop", teach)
+    assert r.status_code == 202 and r.json()["result"] == "stopping"
+    wait_for(lambda: hub.server_state(ALICE) is None, 120, "alice's server to stop", hub)
+    r = call(hub, "POST", f"api/users/{ALICE}/reset", teach)
+    assert r.status_code == 404 and "no running server" in r.json()["message"]
