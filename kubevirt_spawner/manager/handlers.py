@@ -29,7 +29,9 @@ from .core import ActionError
 from .hubclient import HubAPIError
 
 STATIC = Path(__file__).parent / "static"
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+# Hub user and server names may be e-mail addresses and the like: refuse only
+# what could change the hub API path we build from them.
+NAME_RE = re.compile(r"(?!\.\.?$)[^/\\\x00-\x1f\x7f?#%]{1,255}")
 
 
 @web.stream_request_body

@@ -161,6 +161,7 @@ def bad_requests(t):
         ("huge body on an action", "POST", f"api/users/{ALICE}/reset", alice, HUGE, 413),
         ("unknown user", "POST", "api/users/nobody-here/reset", teach, None, 404),
         ("unknown user, odd name", "POST", "api/users/%2e%2e/reset", teach, None, 404),
+        ("unknown e-mail user", "POST", "api/users/nobody%40uni.edu/reset", teach, None, 404),
         ("user without a server", "POST", f"api/users/{INSTRUCTOR}/reset", teach, None, 404),
         ("other user's VM", "POST", f"api/users/{ALICE}/reset", bob, None, 403),
         ("unknown action", "POST", f"api/users/{ALICE}/format", teach, None, 404),

@@ -224,3 +224,14 @@ async def test_cluster_vm_is_sampled_and_flagged(tmp_path):
     m.servers = []
     m.sample()
     assert "bob" not in m.history
+
+
+@pytest.mark.parametrize(
+    "name, ok",
+    [("alice", True), ("a.b@uni.edu", True), ("Élodie Dupont", True), ("..", False),
+     (".", False), ("a/b", False), ("a%2fb", False), ("a?b", False), ("x" * 256, False)],
+)  # fmt: skip
+def test_user_names_the_api_accepts(name, ok):
+    from kubevirt_spawner.manager.handlers import NAME_RE
+
+    assert bool(NAME_RE.fullmatch(name)) == ok
