@@ -107,10 +107,12 @@ def configure_course(c, environ=None, create_exchange: bool = True) -> dict:
     """Apply the course to JupyterHub config ``c``; return its settings."""
     s = course_settings(environ)
     h = hub_settings(s)
-    c.JupyterHub.load_groups = {**dict(c.JupyterHub.get("load_groups", {})), **h["load_groups"]}
-    c.JupyterHub.load_roles = list(c.JupyterHub.get("load_roles", [])) + h["load_roles"]
-    c.JupyterHub.services = list(c.JupyterHub.get("services", [])) + h["services"]
-    c.Spawner.environment = {**dict(c.Spawner.get("environment", {})), **student_environment(s)}
+    # extend/update work both on values set before and on traitlets' lazy
+    # values (what `c.JupyterHub.services.append(...)` elsewhere leaves behind).
+    c.JupyterHub.load_groups.update(h["load_groups"])
+    c.JupyterHub.load_roles.extend(h["load_roles"])
+    c.JupyterHub.services.extend(h["services"])
+    c.Spawner.environment.update(student_environment(s))
     if create_exchange:
         make_exchange(s["exchange"])
     return s
