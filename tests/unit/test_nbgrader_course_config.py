@@ -23,14 +23,18 @@ def test_defaults_follow_nbgraders_group_names():
 def test_configure_course_adds_to_existing_config(tmp_path):
     c = Config()
     c.JupyterHub.services = [{"name": "lab-manager", "url": "http://127.0.0.1:1"}]
+    c.JupyterHub.load_roles.append(
+        {"name": "lab-manager-role"}
+    )  # lazy, as manager_service leaves it
     c.Spawner.environment = {"A": "1"}
     env = {"KVS_COURSE_ID": "os2027", "KVS_COURSE_GRADERS": "ta1,ta2",
            "KVS_NBGRADER_EXCHANGE": str(tmp_path / "exchange")}  # fmt: skip
     s = course.configure_course(c, env)
     assert [sv["name"] for sv in c.JupyterHub.services] == ["lab-manager", "os2027"]
-    assert c.JupyterHub.load_groups == {"formgrade-os2027": {"users": ["ta1", "ta2"]},
-                                        "nbgrader-os2027": {"users": []}}  # fmt: skip
-    (role,) = c.JupyterHub.load_roles
+    # what JupyterHub resolves the (lazy) values to, over its empty defaults
+    assert c.JupyterHub.load_groups.get_value({}) == {
+        "formgrade-os2027": {"users": ["ta1", "ta2"]}, "nbgrader-os2027": {"users": []}}  # fmt: skip
+    _, role = c.JupyterHub.load_roles.get_value([])
     assert "access:services!service=os2027" in role["scopes"]
     assert role["groups"] == ["formgrade-os2027"]
     assert c.Spawner.environment["A"] == "1"
