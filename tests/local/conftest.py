@@ -1,18 +1,13 @@
 """Fixtures for tests that run real QEMU VMs, gdb and JupyterHub (TCG here)."""
 
 import os
-import pwd
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 from hubctl import Hub
+from localhelpers import CLASH_PORT
 
 from kubevirt_spawner.guest import Guest, default_guest_dir
-
-# Ports used by profiles in the test hub's config.
-CLASH_PORT = 47922
 
 
 @pytest.fixture(scope="session")
@@ -53,28 +48,3 @@ def hub(tmp_path_factory, guest):
                 print(f"teardown: stopping {user['name']} failed: {e}")
     h.stop()
     shutil.rmtree(h.runtime_root, ignore_errors=True)
-
-
-def user_processes(name: str) -> list[str]:
-    """ps lines of every live process of system account ``name`` (zombies,
-    which have exited and wait only for their parent to collect the status,
-    do not count)."""
-    try:
-        uid = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        return []
-    out = subprocess.run(
-        ["ps", "-ww", "-o", "stat=,pid=,args=", "-u", str(uid)], capture_output=True, text=True
-    ).stdout
-    return [line for line in out.splitlines() if line.strip() and not line.startswith("Z")]
-
-
-def qemu_for(runtime_root: str) -> list[str]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "qemu-system" in line and runtime_root in line]
-
-
-def assert_nothing_left(hub: Hub, name: str) -> None:
-    assert user_processes(name) == [], f"processes of {name} left behind"
-    assert not Path(hub.runtime_root, name).exists(), f"runtime dir of {name} left behind"
-    assert qemu_for(str(Path(hub.runtime_root, name))) == []

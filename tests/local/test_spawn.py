@@ -5,7 +5,7 @@ device, gdb on the kernel; two students kept apart; stop leaves nothing."""
 import re
 
 import pytest
-from conftest import assert_nothing_left
+from localhelpers import assert_nothing_left
 
 pytestmark = pytest.mark.local
 
