@@ -90,7 +90,13 @@ def test_gdb_and_ssh_arguments_pass_through():
     from kubevirt_spawner.labvm import parse_args
 
     ns = parse_args(["gdb", "-batch", "-ex", "break do_sys_open", "-ex", "bt"])
-    assert ns.command == "gdb" and ns.gdb_args == ["-batch", "-ex", "break do_sys_open", "-ex", "bt"]
+    assert ns.command == "gdb" and ns.gdb_args == [
+        "-batch",
+        "-ex",
+        "break do_sys_open",
+        "-ex",
+        "bt",
+    ]
     ns = parse_args(["ssh", "ls", "-la", "/root"])
     assert ns.command == "ssh" and ns.cmd == ["ls", "-la", "/root"]
     assert parse_args(["insmod", "a.ko", "n=3"]).params == ["n=3"]
