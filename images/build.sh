@@ -47,7 +47,7 @@ pkgver() { dpkg-query -W -f='${Package}=${Version}\n' "$@"; }
 fn_text() { sed -n "/^$1()/,/^}/p" "$0"; }
 hash16() { sha256sum | cut -c1-16; }
 # hash_tree DIR...: content hash of the files under DIR (names and bytes)
-hash_tree() { (cd "$repo" && find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | hash16; }
+hash_tree() { (cd "$repo" && find "$@" -name __pycache__ -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | hash16; }
 
 # Shared caches, mounted into build containers: .deb files and pip's cache.
 # The Dockerfiles clean only apt's default archive directory, so a registry
@@ -70,7 +70,7 @@ bud() {
   local name=$1 tag=$2 ctx=$3; shift 3
   local t0; t0=$(date +%s)
   log "building $tag"
-  bh bud --isolation chroot --layers=false --network host "${cache_args[@]}" \
+  bh bud --isolation chroot --layers --network host "${cache_args[@]}" \
     --build-arg "BASE=$base_tag" -f "$ctx/Dockerfile" -t "$tag" "$@" "$ctx" \
     > "$out/logs/$name.log" 2>&1 || { tail -n 40 "$out/logs/$name.log" >&2; die "$name failed (log: $out/logs/$name.log)"; }
   log "$tag built in $(( $(date +%s) - t0 ))s"

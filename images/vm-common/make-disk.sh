@@ -41,6 +41,11 @@ menuentry 'lab kernel' {
 }
 CFG
 
+# The files an image build bind-mounts over in its RUN steps can only be set
+# here, on the copy: the build host's name must not leak into the image.
+echo labvm > "$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
+
 raw=$work/disk.raw
 truncate -s "${size_mib}M" "$raw"
 printf 'label: dos\nlabel-id: 0x%s\nstart=2048, type=83, bootable\n' "$disk_id" | sfdisk -q "$raw"

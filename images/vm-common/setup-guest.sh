@@ -26,24 +26,20 @@ mkdir -p /etc/cloud/cloud.cfg.d
 cat > /etc/cloud/cloud.cfg.d/90-kubevirt-spawner.cfg <<'CFG'
 # KubeVirt gives a lab VM its cloud-init as a NoCloud (or ConfigDrive) disk.
 datasource_list: [NoCloud, ConfigDrive, None]
+# C.UTF-8 is always there; the distribution default (en_US.UTF-8) would
+# need the locales package and a locale-gen run on every first boot.
+locale: C.UTF-8
 CFG
 
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
-rm -f /var/lib/dbus/machine-id /etc/hostname
+rm -f /var/lib/dbus/machine-id
 
-cat > /etc/systemd/system/labvm-ready.service <<'UNIT'
-[Unit]
-Description=Say on the console that the lab VM accepts ssh
-After=cloud-final.service
-Wants=cloud-final.service
-
+# After cloud-final (sshd is up by then); a unit of its own wanted by
+# multi-user.target would form a cycle, cloud-final being after that target.
+mkdir -p /etc/systemd/system/cloud-final.service.d
+cat > /etc/systemd/system/cloud-final.service.d/90-labvm-ready.conf <<'UNIT'
 [Service]
-Type=oneshot
-ExecStart=/bin/sh -c 'echo "labvm: ssh ready ($(uname -r))" > /dev/console'
-
-[Install]
-WantedBy=multi-user.target
+ExecStartPost=/bin/sh -c 'echo "labvm: ssh ready ($(uname -r))" > /dev/console'
 UNIT
-systemctl enable labvm-ready.service
 systemctl set-default multi-user.target
