@@ -9,6 +9,7 @@ turn Ready, scheduled pods get a phase and an IP). Binaries come from
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -50,6 +51,12 @@ def cluster_bins() -> Path:
     if not (path / ".complete").is_file():
         raise ControlPlaneError(f"{BUILD_SCRIPT.name} printed {path}, which is incomplete")
     return path
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the test process dies, even by SIGKILL,
+    so no control plane outlives an interrupted run (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -147,7 +154,7 @@ class LocalControlPlane:
         env = {"PATH": "/usr/bin:/bin", "HOME": str(self.workdir)}
         self.procs[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=self.workdir, start_new_session=True,
+            env=env, cwd=self.workdir, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         log.close()
 
@@ -186,6 +193,9 @@ class LocalControlPlane:
         b = self.bins
         # etcd's data is disposable: keep it in memory and skip fsync.
         data = Path("/dev/shm") if Path("/dev/shm").is_dir() else self.workdir
+        for stale in data.glob("kvs-etcd-*-*"):  # left by a run that was killed
+            if not Path(f"/proc/{stale.name.split('-')[2]}").exists():
+                subprocess.run(["rm", "-rf", str(stale)], check=False)
         self.etcd_dir = Path(os.path.join(data, f"kvs-etcd-{os.getpid()}-{self.api_port}"))
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{self.etcd_peer}"

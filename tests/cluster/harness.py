@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from controlplane import KWOK_NODE_ANNOTATION, LocalControlPlane, cluster_bins
+from controlplane import KWOK_NODE_ANNOTATION, LocalControlPlane, cluster_bins, die_with_parent
 from kube import Cluster, wait_for
 from kubernetes.client.rest import ApiException
 
@@ -108,7 +108,7 @@ def local_cluster(workdir: Path, nodes: int = KWOK_NODES) -> Iterator[Cluster]:
         log = open(cp.logs / "stand-in-kubevirt.log", "ab")
         cp.procs["stand-in-kubevirt"] = subprocess.Popen(
             [sys.executable, str(HERE / "fake_kubevirt_controller.py"), f"--kubeconfig={cp.admin_kubeconfig}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         log.close()
         yield c
