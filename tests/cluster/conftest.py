@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,10 +129,3 @@ def fault_proxy(cluster) -> Iterator[FaultProxy]:
     proxy = FaultProxy(cluster.server, cluster.ca).start()
     yield proxy
     proxy.stop()
-
-
-def wait_gone(what: str, fn, timeout: float = 60) -> float:
-    """Wait until ``fn()`` reads nothing (None or an empty list)."""
-    start = time.monotonic()
-    wait_for(what + " gone", lambda: not fn(), timeout=timeout)
-    return time.monotonic() - start

@@ -32,6 +32,13 @@ def wait_for(what: str, fn: Callable[[], T], timeout: float = 30, interval: floa
         time.sleep(interval)
 
 
+def wait_gone(what: str, fn: Callable[[], Any], timeout: float = 60) -> float:
+    """Wait until ``fn()`` reads nothing (None or an empty list); return the seconds taken."""
+    start = time.monotonic()
+    wait_for(what + " gone", lambda: not fn(), timeout=timeout)
+    return time.monotonic() - start
+
+
 def get_or_none(fn: Callable[..., T], *args, **kw) -> T | None:
     try:
         return fn(*args, **kw)

@@ -1,7 +1,6 @@
 """ownerReferences and the real garbage collector (kube-controller-manager)."""
 
-from conftest import wait_gone
-from kube import KV, get_or_none, minimal_vm, wait_for
+from kube import KV, get_or_none, minimal_vm, wait_for, wait_gone
 from kubernetes.client.rest import ApiException
 
 

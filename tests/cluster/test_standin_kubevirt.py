@@ -5,9 +5,8 @@ The lifecycle test runs against either; the failure modes are the stand-in's
 """
 
 import pytest
-from conftest import wait_gone
 from fake_kubevirt_controller import FAILURE_ANNOTATION, FAILURE_CONFIGMAP, vmi_id_label
-from kube import KV, minimal_vm, wait_for
+from kube import KV, minimal_vm, wait_for, wait_gone
 
 LABELS = {"app.kubernetes.io/component": "lab-vm", "hub.jupyter.org/username": "alice"}
 
