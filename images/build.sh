@@ -17,6 +17,19 @@
 # usage: images/build.sh [--print-index] [TARGET...]      (no TARGET: all)
 set -euo pipefail
 
+# Arguments first, so --help and mistakes need neither root nor packages.
+print_index=0
+targets=()
+for a in "$@"; do
+  case "$a" in
+    --print-index) print_index=1 ;;
+    base|vm-kernel|vm-debian|notebook|hub) targets+=("$a") ;;
+    -h|--help) sed -n '2,/^set -e/ s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "build-images: unknown target '$a' (base, vm-kernel, vm-debian, notebook, hub)" >&2; exit 2 ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(vm-debian notebook hub)
+
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 if [ -z "${KVS_CACHE_DIR:-}" ]; then
@@ -70,7 +83,7 @@ bud() {
   local name=$1 tag=$2 ctx=$3; shift 3
   local t0; t0=$(date +%s)
   log "building $tag"
-  bh bud --isolation chroot --layers --network host "${cache_args[@]}" \
+  bh bud --isolation chroot --layers --force-rm --network host "${cache_args[@]}" \
     --build-arg "BASE=$base_tag" -f "$ctx/Dockerfile" -t "$tag" "$@" "$ctx" \
     > "$out/logs/$name.log" 2>&1 || { tail -n 40 "$out/logs/$name.log" >&2; die "$name failed (log: $out/logs/$name.log)"; }
   log "$tag built in $(( $(date +%s) - t0 ))s"
@@ -234,19 +247,12 @@ EOF
   mv "$out/current.json.tmp" "$out/current.json"
 }
 
-print_index=0
-targets=()
-for a in "$@"; do
-  case "$a" in
-    --print-index) print_index=1 ;;
-    base|vm-kernel|vm-debian|notebook|hub) targets+=("$a") ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown target '$a' (base, vm-kernel, vm-debian, notebook, hub)" ;;
-  esac
-done
-[ ${#targets[@]} -gt 0 ] || targets=(vm-debian notebook hub)
 
 mkdir -p "$out/logs"
+# One build at a time per cache (engineers and CI share it): `make test`
+# started twice waits here instead of building the same thing twice.
+exec 9> "$out/.lock"
+flock 9
 start=$(date +%s)
 want() { local t; for t in "${targets[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
 need_base() { has_image "$base_tag" && log "base $base_key cached" || { t0=$(date +%s); build_base; log "base built in $(( $(date +%s) - t0 ))s"; }; }
@@ -257,6 +263,15 @@ if want vm-kernel || want vm-debian || want notebook; then need_kernel; fi
 if want vm-debian; then has_image "$vmd_tag" && log "vm-debian $vmd_key cached" || build_vm_debian; fi
 if want notebook; then has_image "$nb_tag" && log "notebook $nb_key cached" || build_notebook; fi
 if want hub; then has_image "$hub_tag" && log "hub $hub_key cached" || build_hub; fi
+# Older builds of our images only take disk space: untag them (layers the
+# current ones share stay, and so does the layer cache).
+prune_old() {
+  local keep=" $base_tag $hubbase_tag $vmd_tag $nb_tag $hub_tag " ref
+  for ref in $(bh images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep -E '^localhost/(kvs-debian-base|kvs-hub-base|kubevirt-spawner-(vm-debian|notebook|hub)):' || true); do
+    case "$keep" in *" $ref "*) ;; *) bh rmi "$ref" >/dev/null 2>&1 || true ;; esac
+  done
+}
+[ ${#targets[@]} -lt 3 ] || prune_old
 write_index
 log "images ready in $(( $(date +%s) - start ))s ($out/current.json)"
 [ $print_index = 0 ] || cat "$out/current.json"
