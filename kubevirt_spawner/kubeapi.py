@@ -137,6 +137,20 @@ async def patch(kind: Kind, namespace: str, name: str, body: dict, *, request_ti
     )
 
 
+async def read_or_none(kind: Kind, namespace: str, name: str, *, request_timeout: float):
+    """The object, None if the API server says 404; any other error raises.
+
+    For deciding that something is gone: a reflector's cache can miss an
+    object while it re-lists after a failed watch; only a 404 is proof.
+    """
+    try:
+        return _as_dict(await _call_once(kind._call("read", namespace, name), request_timeout))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 async def ensure_gone(kind: Kind, namespace: str, name: str, *, request_timeout: float,
                       retry_timeout: float, delete_kwargs: dict | None = None) -> int:  # fmt: skip
     """Delete an object and wait until reading it returns 404.

@@ -397,7 +397,7 @@ class KubeVirtSpawner(KubeSpawner):
                 return
             if time.monotonic() > deadline:
                 raise SpawnException(
-                    f"Your VM was not ready within {self.start_timeout}s "
+                    f"Your VM was not ready within {getattr(self, '_vm_budget', self.start_timeout):.0f}s "
                     f"({vmstatus.describe(vm, vmi)}).",
                     reason="vm-timeout",
                     status_code=500,
@@ -409,7 +409,12 @@ class KubeVirtSpawner(KubeSpawner):
         await self.load_user_options()
         if not self.with_vm:
             return await super()._start()
-        deadline = time.monotonic() + self.start_timeout
+        # Our own deadline ends well before the hub's (start_timeout): failing
+        # includes deleting what was created, and only a failure raised before
+        # the hub gives up shows the student why ("not ready within…, VM
+        # Starting") rather than the hub's bare timeout.
+        self._vm_budget = self.start_timeout - min(60.0, self.start_timeout / 2)
+        deadline = time.monotonic() + self._vm_budget
         await self._start_watching_vms()
         # A leftover of an earlier run with the same names would be adopted
         # half-way (409 on create): clear it first, like systemdspawner does.
@@ -476,17 +481,41 @@ class KubeVirtSpawner(KubeSpawner):
 
     async def poll(self):
         """None while notebook and VM both run; 1 when either has stopped
-        (a stopped, crashed or deleted VM is reported, not hidden)."""
+        (a stopped, crashed or deleted VM is reported, not hidden).
+
+        The hub calls stop() only for servers that poll() says are running,
+        so when one half has stopped, the rest is deleted here first.
+        """
         status = await super().poll()
-        if status is not None or not self.vm_started:
-            return status
+        if status is None and self.vm_started:
+            reason = await self._vm_stopped_reason()
+            if reason:
+                self.log.warning("Server %s of %s stopped: %s", self.name, self.user.name, reason)
+                status = 1
+        if status is not None and self.vm_started:
+            try:
+                await self._delete_all(now=True)
+                self.vm_started = False
+            except Exception:
+                self.log.exception("Deleting what is left of %s", self.vm_name)
+        return status
+
+    async def _vm_stopped_reason(self) -> str | None:
+        """Why the VM no longer runs, or None while it runs (or cannot be told)."""
         await self._start_watching_vms()
         vm, vmi, _ = self._vm_view()
-        reason = vmstatus.vm_exit_reason(vm, vmi)
-        if reason:
-            self.log.warning("Server %s of %s stopped: %s", self.name, self.user.name, reason)
-            return 1
-        return None
+        if vm is None:
+            # Missing from the cache is not proof: the reflector may be
+            # re-listing after a failed watch. Only a 404 says it is gone.
+            try:
+                vm = await kubeapi.read_or_none(
+                    self._kinds["virtualmachine"], self.namespace, self.vm_name,
+                    request_timeout=self.k8s_api_request_timeout,
+                )  # fmt: skip
+            except Exception as e:
+                self.log.warning("Cannot read VM %s (%s); assuming it still runs", self.vm_name, e)
+                return None
+        return vmstatus.vm_exit_reason(vm, vmi)
 
     async def progress(self):
         """Pod events (as kubespawner reports them) merged with the VM's

@@ -180,6 +180,7 @@ class FakeReflector:
         self.kube = kube
         self.kind = kind
         self.status: dict[str, dict] = {}
+        self.missing: set[str] = set()  # names the cache has lost (a re-list after a failed watch)
         self.events = events if events is not None else []
         self.first_load_future = asyncio.get_running_loop().create_future()
         self.first_load_future.set_result(None)
@@ -190,7 +191,7 @@ class FakeReflector:
         if self.kube is None:
             return out
         for (kind, ns, name), obj in self.kube.objects.items():
-            if kind == self.kind:
+            if kind == self.kind and name not in self.missing:
                 obj = copy.deepcopy(obj)
                 obj["status"] = copy.deepcopy(self.status.get(name, {}))
                 out[f"{ns}/{name}"] = obj

@@ -245,13 +245,30 @@ async def test_poll_reports_the_vm(cluster, vm_status, vmi_status, expected):
     assert await s.poll() == expected
 
 
-async def test_poll_reports_a_deleted_or_halted_vm(cluster):
+async def test_poll_reports_a_halted_vm_and_deletes_the_rest(cluster):
+    """The hub calls stop() only for servers poll() calls running: a server
+    reported stopped must already be cleaned up."""
     s = await started(cluster)
     vm = cluster.kube.get("virtualmachines", s.vm_name)
     vm["spec"]["runStrategy"] = "Halted"
     assert await s.poll() == 1
+    assert cluster.kube.names() == set(), "poll() left objects of a stopped server"
+
+
+async def test_poll_reports_a_deleted_vm(cluster):
+    s = await started(cluster)
     del cluster.kube.objects[("virtualmachines", "lab", s.vm_name)]
     assert await s.poll() == 1
+    assert cluster.kube.names() == set()
+
+
+async def test_poll_does_not_take_a_cache_miss_for_a_deleted_vm(cluster):
+    """After a failed watch the reflector re-lists and may briefly lack the
+    VM; only a read returning 404 proves it gone."""
+    s = await started(cluster)
+    s._reflector("kubevirt-vms").missing.add(s.vm_name)
+    assert await s.poll() is None
+    assert ("virtualmachines", s.vm_name) in cluster.kube.names()
 
 
 async def test_poll_without_vm_is_kubespawners(cluster):
