@@ -99,7 +99,9 @@ class Cluster:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                await config.load_kube_config()
+                # KUBECONFIG as it is now: kubernetes_asyncio reads the variable
+                # once, at import, which may have been long before.
+                await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             api = client.ApiClient()
             self._apis = (client.CoreV1Api(api), client.NetworkingV1Api(api),
                           client.CustomObjectsApi(api))  # fmt: skip
