@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from .localvm_settings import LocalVMSettings, default_runtime_root
 from .profiles import ProfileError, choose_profile
 from .qemu import QEMU_BINARIES, RunDir, VMSpec, gdb_remote_for_socket, probe_kvm, qemu_argv
 from .sshkeys import known_hosts_line, make_ssh_keypair
-from .vmprocess import ProcessId, VMStartError
+from .vmprocess import ProcessId, VMStartError, pick_free_port
 
 __all__ = ["LocalVMSpawner", "default_runtime_root", "pick_free_port", "runtime_dir_name"]
 
@@ -43,12 +42,6 @@ def runtime_dir_name(username: str) -> str:
         return username
     prefix = re.sub(r"[^a-z0-9]+", "-", username.lower()).strip("-")[:16] or "user"
     return f"{prefix}-{hashlib.sha256(username.encode()).hexdigest()[:10]}"
-
-
-def pick_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):

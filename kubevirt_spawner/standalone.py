@@ -24,14 +24,6 @@ from .qemu import QEMU_BINARIES, RunDir, VMSpec, gdb_remote_for_socket, qemu_arg
 from .sshkeys import known_hosts_line, make_ssh_keypair
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class StandaloneVM:
     """A running lab VM; ``env`` is its ``LAB_*`` view. Stop it with ``stop()``."""
@@ -98,7 +90,7 @@ def boot_lab_vm(
     started = time.monotonic()
     last_error: Exception | None = None
     for _attempt in range(3):
-        port = _free_port()
+        port = vmprocess.pick_free_port()
         rd.known_hosts.write_text(known_hosts_line("127.0.0.1", port, host_key.public_key))
         rd.console_log.write_bytes(b"")
         rd.qemu_log.write_bytes(b"")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,14 @@ class VMStartError(Exception):
 class ProcessId:
     pid: int
     start_time: int  # clock ticks since boot, field 22 of /proc/PID/stat
+
+
+def pick_free_port() -> int:
+    """A loopback TCP port free right now (QEMU may still lose a race for
+    it: the spawner retries when QEMU cannot bind its forward)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def proc_start_time(pid: int) -> int | None:
