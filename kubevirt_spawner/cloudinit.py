@@ -74,7 +74,9 @@ def make_cloud_init(
         # Our host key only: the known_hosts line the notebook gets pins it,
         # and generated RSA/ECDSA keys would be unpinned alternatives.
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # Ignored when ssh_keys is given (nothing is generated), but
+        # cloud-init's schema rejects an empty list.
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
             "ed25519_private": host_key.private_openssh,
             "ed25519_public": host_key.public_key,

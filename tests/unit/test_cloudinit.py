@@ -27,7 +27,7 @@ def test_whole_documents():
         "ssh_pwauth": False,
         "users": [{"name": "root", "lock_passwd": False, "ssh_authorized_keys": [USER_KEY]}],
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
             "ed25519_private": HOST.private_openssh,
             "ed25519_public": HOST.public_key,
