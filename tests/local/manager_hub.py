@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -137,4 +138,14 @@ def cleanup(hub: Hub) -> None:
             except Exception as e:  # keep tearing down the rest
                 print(f"teardown: stopping {user['name']} failed: {e}")
     hub.stop()
+    # A hub killed with SIGKILL leaves its managed services running (JupyterHub
+    # starts them in sessions of their own): end every lab manager of this hub.
+    marker = f"--db={hub.workdir / 'manager.sqlite'}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGTERM)
+            except (OSError, ProcessLookupError):
+                pass
     os.system(f"rm -rf {hub.runtime_root}")
