@@ -33,6 +33,10 @@ def hub(tmp_path_factory, guest):
         tmp_path_factory.mktemp("mgr-abuse"),
         ["--sample-interval=2", f"--cpu-threshold={THRESHOLD}", f"--cpu-window={WINDOW}",
          "--notebook-idle=5", "--inspect-every=4", "--abuse-action=flag", "--reap-every=0"],
+        # The hub hears of notebook activity (terminals included) every
+        # JUPYTERHUB_ACTIVITY_INTERVAL seconds, 300 by default: far coarser than
+        # this test's 5 s notebook-idle, so report every 2 s here.
+        extra='c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n',
     )  # fmt: skip
     try:
         for name in (MINER, BUILDER):
@@ -41,6 +45,15 @@ def hub(tmp_path_factory, guest):
         yield h
     finally:
         cleanup(h)
+
+
+def _age(stamp: str) -> float:
+    """Seconds since a hub timestamp (ISO 8601, UTC)."""
+    from datetime import datetime, timezone
+
+    return (
+        datetime.now(timezone.utc) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    ).total_seconds()
 
 
 def vm_of(hub, name) -> LabVM:
@@ -109,6 +122,9 @@ async def test_burner_is_flagged_module_build_is_not(hub):
     finally:
         term.close()
     wait_for(lambda: flags(hub, MINER), 150, "the burner to be flagged", hub, every=2)
+    # The premise: the hub saw the builder at work (terminal activity).
+    seen = hub.api("GET", f"/users/{BUILDER}").json()["servers"][""]["last_activity"]
+    assert _age(seen) < 20, f"the hub last saw the builder's notebook active at {seen}"
     took = time.monotonic() - t0
     (flag,) = flags(hub, MINER)
     assert (flag["rule"], flag["action"]) == ("sustained-cpu", "flag")
