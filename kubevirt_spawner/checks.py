@@ -18,12 +18,14 @@ what autograding sees.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shlex
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from .arch import c_compiler
 from .lab import LabEnv, LabError, LabVM
 
 _SHOW = 160  # characters of a seen value shown in a message
@@ -158,16 +160,29 @@ def _first_error(output: str) -> str:
 
 def compile_program(source: str | os.PathLike, output: str | os.PathLike | None = None,
                     flags: tuple[str, ...] = ()) -> Path:  # fmt: skip
-    """Compile a C program for the VM (static, so it needs nothing there); return the binary."""
+    """Compile a C program for the VM (static, so it needs nothing there); return the binary.
+
+    For a VM of another arch than the notebook's (``LAB_ARCH=aarch64`` on an
+    x86_64 host) it cross-compiles with aarch64-linux-gnu-gcc.
+    """
     __tracebackhide__ = True
     src = Path(source)
     if not src.is_file():
         raise CheckFailed(f"{src} does not exist yet: run the cell that writes it first.")
     out = Path(output) if output else src.with_suffix("")
-    proc = subprocess.run(
-        ["gcc", "-static", "-O1", "-Wall", "-o", str(out), str(src), *flags],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    try:
+        cc = c_compiler(os.environ.get("LAB_ARCH") or platform.machine(), platform.machine())
+    except ValueError as e:
+        raise CheckFailed(f"LAB_ARCH names no VM this notebook can compile for: {e}.") from None
+    try:
+        proc = subprocess.run(
+            [cc, "-static", "-O1", "-Wall", "-o", str(out), str(src), *flags],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise CheckFailed(
+            f"The compiler {cc} is not installed in this notebook environment."
+        ) from None
     if proc.returncode != 0:
         raise CheckFailed(f"{src.name} does not compile: {_first_error(proc.stderr)}")
     return out

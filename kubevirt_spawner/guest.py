@@ -1,6 +1,7 @@
 """The local lab guest: where its artefacts live and the per-VM initramfs.
 
-The guest itself is built by ``images/guest/build.sh`` (``make guest``).
+The guest itself is built by ``images/guest/build.sh`` (``make guest``), the
+arm64 one by ``images/guest/build-aarch64.sh`` (``make guest-aarch64``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arch import get_arch
 from .cpio import Entry, gzip_archive
 from .sshkeys import KeyPair
 
-BUILD_COMMAND = "make guest"
+BUILD_COMMANDS = {"x86_64": "make guest", "aarch64": "make guest-aarch64"}
+# The name of the `current` link each build script maintains in cache_dir()/guest.
+CURRENT_LINKS = {"x86_64": "current", "aarch64": "current-aarch64"}
+BUILD_COMMAND = BUILD_COMMANDS["x86_64"]
 
 
 def cache_dir() -> Path:
@@ -29,8 +34,10 @@ def cache_dir() -> Path:
     return Path(base) / "kubevirt-spawner"
 
 
-def default_guest_dir() -> Path:
-    return cache_dir() / "guest" / "current"
+def default_guest_dir(arch: str = "x86_64") -> Path:
+    """The last guest built for ``arch`` (UnknownArch for an unknown one)."""
+    get_arch(arch)
+    return cache_dir() / "guest" / CURRENT_LINKS[arch]
 
 
 class GuestNotBuilt(Exception):
@@ -39,32 +46,49 @@ class GuestNotBuilt(Exception):
 
 @dataclass(frozen=True)
 class Guest:
-    """A built guest: kernel, symbols, build tree, initramfs."""
+    """A built guest: kernel, symbols, build tree, initramfs, and its arch."""
 
     root: Path
 
-    kernel = property(lambda self: self.root / "bzImage")
+    kernel = property(lambda self: self.root / get_arch(self.arch).kernel_image)
     vmlinux = property(lambda self: self.root / "vmlinux")
     kdir = property(lambda self: self.root / "kdir")
     initramfs = property(lambda self: self.root / "initramfs.cpio.gz")
 
     @property
     def arch(self) -> str:
-        return (self.root / "arch").read_text().strip()
+        """``uname -m`` of the guest; guests built before the `arch` file are x86_64."""
+        try:
+            return (self.root / "arch").read_text().strip()
+        except FileNotFoundError:
+            return "x86_64"
 
     @property
     def kernel_release(self) -> str:
         return (self.root / "kernelrelease").read_text().strip()
 
     @classmethod
-    def find(cls, root: str | os.PathLike) -> Guest:
-        """The guest at ``root``; GuestNotBuilt naming the build command if incomplete."""
+    def find(cls, root: str | os.PathLike, arch: str | None = None) -> Guest:
+        """The guest at ``root``; GuestNotBuilt naming the build command if
+        incomplete, or if it is not for ``arch`` (when given)."""
         guest = cls(Path(root))
-        missing = [p.name for p in (guest.kernel, guest.vmlinux, guest.initramfs) if not p.exists()]
+        built_for = guest.arch if (guest.root / "arch").exists() else (arch or "x86_64")
+        try:
+            kernel = guest.root / get_arch(built_for).kernel_image
+            if arch is not None:
+                get_arch(arch)
+        except ValueError as e:
+            raise GuestNotBuilt(f"Guest {root}: {e}.") from None
+        if arch is not None and built_for != arch:
+            raise GuestNotBuilt(
+                f"The guest in {root} is built for {built_for}, not {arch}; build an {arch} "
+                f"one with `{BUILD_COMMANDS[arch]}` or choose another guest directory."
+            )
+        missing = [p.name for p in (kernel, guest.vmlinux, guest.initramfs) if not p.exists()]
         if missing:
             raise GuestNotBuilt(
                 f"The lab VM's guest is not built ({', '.join(missing)} missing in {root}). "
-                f"Build it once with `{BUILD_COMMAND}` (about 10 minutes)."
+                f"Build it once with `{BUILD_COMMANDS[built_for]}` (about 10 minutes)."
             )
         return guest
 

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arch import ARCHES
+
 NO_VM_MESSAGE = "This server has no VM (its profile runs labs in the notebook environment only)."
 
 
@@ -120,6 +122,10 @@ def gdb_argv(
     if plain or batch_commands is not None:
         argv += ["-iex", "set style enabled off"]
     argv += ["-ex", "set pagination off", "-ex", "set confirm off"]
+    if env.arch in ARCHES and env.arch != platform.machine():
+        # gdb-multiarch starts as the host's arch; say the target's before
+        # anything (labvm.gdb, a missing vmlinux) depends on it.
+        argv += ["-ex", f"set architecture {ARCHES[env.arch].gdb_arch}"]
     argv += ["-x", str(Path(__file__).with_name("labvm.gdb"))]
     if env.vmlinux:
         argv += ["-ex", f"file {os.path.realpath(env.vmlinux)}"]
@@ -321,9 +327,16 @@ class LabVM:
         image = Path(bzimage)
         if not image.is_file():
             raise LabError(f"No such kernel image: {image}")
-        if image.read_bytes()[0x202:0x206] != b"HdrS" and self.env.arch == "x86_64":
+        head = image.read_bytes()[:0x206]
+        if head[0x202:0x206] != b"HdrS" and self.env.arch == "x86_64":
             raise LabError(
                 f"{image} is not a bootable x86 kernel (bzImage); build one with `make bzImage`."
+            )
+        # arm64 Image header: the magic "ARM\x64" at offset 0x38 (Documentation/arm64/booting.rst).
+        if head[0x38:0x3C] != b"ARM\x64" and self.env.arch == "aarch64":
+            raise LabError(
+                f"{image} is not a bootable arm64 kernel (Image); build one with "
+                "`make ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- Image` (arch/arm64/boot/Image)."
             )
         if not self.env.initrd:
             raise LabError("This backend does not say where the VM's initramfs is (LAB_VM_INITRD).")

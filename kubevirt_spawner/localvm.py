@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -19,11 +20,12 @@ import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool, Integer, Unicode
+from traitlets import Bool, Integer, TraitError, Unicode
 
 from . import vmprocess
 from .accounts import Account, SpawnError, shared_account, system_account
-from .guest import Guest, GuestNotBuilt, write_vm_initrd
+from .arch import toolchain_env
+from .guest import Guest, GuestNotBuilt, default_guest_dir, write_vm_initrd
 from .lab import LabEnv, ssh_argv
 from .localvm_settings import LocalVMSettings, default_runtime_root
 from .profiles import ProfileError, choose_profile
@@ -114,6 +116,11 @@ class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
             profile = choose_profile(self.profile_list, self.user_options or {})
         except ProfileError as e:
             raise SpawnError(str(e)) from None
+        # The spawner object outlives one start: undo the last profile's
+        # overrides, so that picking another profile does not inherit them.
+        for key, value in getattr(self, "_profile_saved", {}).items():
+            setattr(self, key, value)
+        self._profile_saved = {}
         if profile is None:
             return ""
         for key, value in profile.get("spawner_override", {}).items():
@@ -121,7 +128,12 @@ class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
                 raise SpawnError(
                     f"profile {profile['display_name']!r} sets unknown setting {key!r}"
                 )
-            setattr(self, key, value)
+            saved = getattr(self, key)
+            try:
+                setattr(self, key, value)
+            except TraitError as e:
+                raise SpawnError(f"profile {profile['display_name']!r}: {e}") from None
+            self._profile_saved.setdefault(key, saved)
         return profile["display_name"]
 
     @property
@@ -163,11 +175,16 @@ class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
         self.log.info("Spawn %s: %s", self._log_name, message)
         self._events.append({"progress": percent, "message": message})
 
+    def _guest_dir(self) -> Path:
+        if self.guest_dir:
+            return Path(self.guest_dir)
+        return default_guest_dir(self.vm_arch or "x86_64")
+
     def lab_env(self) -> LabEnv | None:
         """The LAB_* view of this server's VM (None without a VM)."""
         if not (self.with_vm and self.rundir_path):
             return None
-        guest = Guest(Path(self.guest_dir))
+        guest = Guest(self._guest_dir())
         rd = self.rundir
         return LabEnv(
             vm_host="127.0.0.1",
@@ -193,11 +210,16 @@ class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
         lab = self.lab_env()
         if lab:
             env.update(lab.to_environ())
+            # kbuild and the checks' compiler target the VM's arch (ARCH,
+            # CROSS_COMPILE) when it is not the host's.
+            env.update(toolchain_env(lab.arch, platform.machine()))
         return env
 
     async def _choose_accel(self, guest: Guest) -> tuple[str, str]:
         if self.accel != "auto":
             return self.accel, "set by LocalVMSpawner.accel"
+        if guest.arch != platform.machine():
+            return "tcg", f"KVM cannot run an {guest.arch} guest on this {platform.machine()} host"
         key = (self._qemu_binary(guest), str(guest.kernel))
         if key not in self._accel_cache:
             ok, why = await probe_kvm(guest.kernel, key[0], self.kvm_probe_timeout)
@@ -357,7 +379,7 @@ class LocalVMSpawner(LocalVMSettings, LocalProcessSpawner):
                 self.rundir_path = ""
                 return await self._start_notebook(account)
             try:
-                guest = Guest.find(self.guest_dir)
+                guest = Guest.find(self._guest_dir(), self.vm_arch or None)
             except GuestNotBuilt as e:
                 raise SpawnError(str(e)) from None
 

@@ -5,9 +5,21 @@ from __future__ import annotations
 import os
 import tempfile
 
-from traitlets import Bool, Dict, Enum, Float, HasTraits, Integer, List, Unicode, default, validate
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    HasTraits,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 
-from .guest import default_guest_dir
+from .arch import get_arch
 from .profiles import check_profiles
 
 
@@ -22,19 +34,38 @@ class LocalVMSettings(HasTraits):
     """Everything an instructor can set on LocalVMSpawner (``c.LocalVMSpawner.*``)."""
 
     guest_dir = Unicode(
-        help="""Directory holding the built guest: bzImage, vmlinux, kdir and
-        initramfs.cpio.gz. Build it with `make guest`. Default: the `current`
-        guest in the cache ($KVS_CACHE_DIR, else /var/cache/kubevirt-spawner
-        for root, else ~/.cache/kubevirt-spawner).""",
+        "",
+        help="""Directory holding the built guest: the kernel (bzImage, or Image
+        for arm64), vmlinux, kdir, initramfs.cpio.gz and its `arch`. Empty
+        (default): the last guest built for `vm_arch` in the cache
+        ($KVS_CACHE_DIR, else /var/cache/kubevirt-spawner for root, else
+        ~/.cache/kubevirt-spawner): guest/current from `make guest`, or
+        guest/current-aarch64 from `make guest-aarch64`.""",
     ).tag(config=True)
 
-    @default("guest_dir")
-    def _default_guest_dir(self):
-        return str(default_guest_dir())
+    vm_arch = Unicode(
+        "",
+        help="""Architecture of the VM: `x86_64` or `aarch64` (QEMU `virt`
+        board, arm64 lab kernel; students' modules and programs are then
+        cross-built, and gdb-multiarch debugs it). Empty (default): whatever
+        `guest_dir`'s guest was built for, x86_64 if guest_dir is empty too.
+        Set per profile (spawner_override) to offer both. A guest_dir built for
+        another arch fails the spawn with a message naming the build command.""",
+    ).tag(config=True)
+
+    @validate("vm_arch")
+    def _check_vm_arch(self, proposal):
+        if proposal.value:
+            try:
+                get_arch(proposal.value)
+            except ValueError as e:
+                raise TraitError(f"LocalVMSpawner.vm_arch: {e}") from None
+        return proposal.value
 
     qemu_binary = Unicode(
         "",
-        help="QEMU executable. Empty: qemu-system-x86_64 (or -aarch64) from PATH.",
+        help="""QEMU executable. Empty: qemu-system-x86_64, or
+        qemu-system-aarch64 for an aarch64 guest, from PATH.""",
     ).tag(config=True)
 
     accel = Enum(
@@ -59,7 +90,9 @@ class LocalVMSettings(HasTraits):
         once, with the console's last lines.""",
     ).tag(config=True)
     vm_edu_device = Bool(
-        True, help="Add QEMU's `edu` PCI device (1234:11e8) for the driver lab (x86_64)."
+        True,
+        help="""Add QEMU's `edu` PCI device (1234:11e8) for the driver lab.
+        x86_64 only: aarch64 VMs never get it (lab 7 says what to use there).""",
     ).tag(config=True)
     vm_network_restrict = Bool(
         True,

@@ -13,12 +13,20 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arch import ARCHES, get_arch
+
 # Printed by the guest's init scripts (images/guest/rootfs); keep in step.
 MARK_INIT = "labvm: init started"
 MARK_SSH_READY = "labvm: ssh ready"
 MARK_PANIC = "Kernel panic - not syncing"
 
-QEMU_BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+QEMU_BINARIES = {name: a.qemu_binary for name, a in ARCHES.items()}
+
+# -cpu max under TCG, with the cheap IMPLEMENTATION DEFINED pointer-auth
+# algorithm: the architected QARMA one makes every function return several
+# times slower to emulate.
+# ref: https://www.qemu.org/docs/master/system/arm/cpu-features.html
+AARCH64_TCG_CPU = "max,pauth-impdef=on"
 
 # Slot for QEMU's edu device on q35's root bus. Fixed so that lab 7's `lspci`
 # output is the same for every student; 0x10 is clear of q35's built-ins.
@@ -72,14 +80,14 @@ class VMSpec:
     tcg_tb_size_mb: int = 64
 
 
-def kernel_cmdline(extra: tuple[str, ...] = ()) -> str:
-    """The guest kernel command line.
+def kernel_cmdline(extra: tuple[str, ...] = (), console: str = "ttyS0") -> str:
+    """The guest kernel command line, its console on ``console``.
 
     ``nokaslr`` keeps symbol addresses equal to those in ``vmlinux`` (gdb);
     ``panic=-1`` reboots at once on a panic so a student gets a shell back
     (the panic stays in the console log).
     """
-    base = ["console=ttyS0", "nokaslr", "panic=-1", "printk.devkmsg=on"]
+    base = [f"console={console}", "nokaslr", "panic=-1", "printk.devkmsg=on"]
     return " ".join([*base, *extra])
 
 
@@ -97,8 +105,7 @@ def _chardev_unix(path: Path) -> str:
 
 def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
     """Return the full QEMU argv for ``spec``."""
-    if spec.arch not in QEMU_BINARIES:
-        raise ValueError(f"unsupported arch {spec.arch!r}; choose one of {sorted(QEMU_BINARIES)}")
+    arch = get_arch(spec.arch)  # UnknownArch is a ValueError
     if spec.accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {spec.accel!r}")
     if not 1 <= spec.ssh_port <= 65535:
@@ -112,18 +119,18 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
         accel, cpu = ["-accel", "kvm"], ["-cpu", "host"]
     else:
         accel, cpu = ["-accel", f"tcg,tb-size={spec.tcg_tb_size_mb}"], []
-    if spec.arch == "x86_64":
+    if arch.name == "x86_64":
         machine = ["-machine", "q35"]
-        serial = ["-serial", "chardev:console"]
     else:
+        # virt: the board QEMU recommends for arm64 guests, PCIe and a PL011
+        # UART (ttyAMA0) on it; -kernel boots the Image without firmware.
         machine = ["-machine", "virt,gic-version=3"]
-        cpu = cpu or ["-cpu", "max"]
-        serial = ["-serial", "chardev:console"]
+        cpu = cpu or ["-cpu", AARCH64_TCG_CPU]
     netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     if spec.network_restrict:
         netdev += ",restrict=on"
     argv = [
-        binary or QEMU_BINARIES[spec.arch],
+        binary or arch.qemu_binary,
         "-name",
         f"{spec.name},process={spec.name}",
         "-nodefaults",
@@ -142,11 +149,12 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
         "-initrd",
         str(spec.initrd),
         "-append",
-        kernel_cmdline(spec.kernel_args),
+        kernel_cmdline(spec.kernel_args, arch.console),
         "-chardev",
         f"socket,id=console,path={rd.console_socket},server=on,wait=off,"
         f"logfile={rd.console_log},logappend=on",
-        *serial,
+        "-serial",
+        "chardev:console",
         "-qmp",
         _chardev_unix(rd.qmp_socket),
         "-gdb",
@@ -160,7 +168,7 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
         "-pidfile",
         str(rd.pidfile),
     ]
-    if spec.edu and spec.arch == "x86_64":
+    if spec.edu and arch.has_edu:
         argv += ["-device", f"edu,bus=pcie.0,addr={EDU_PCI_ADDR}"]
     return argv + list(spec.extra_args)
 

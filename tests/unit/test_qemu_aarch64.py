@@ -1,0 +1,171 @@
+"""aarch64 guests: QEMU argv, the arch table, the guest directory, the
+toolchain environment and the spawner's arch setting. Pure, no QEMU."""
+
+import platform
+from pathlib import Path
+
+import pytest
+from traitlets import TraitError
+
+from kubevirt_spawner.arch import ARCHES, UnknownArch, c_compiler, get_arch, toolchain_env
+from kubevirt_spawner.guest import Guest, GuestNotBuilt, default_guest_dir
+from kubevirt_spawner.lab import LabEnv, gdb_argv
+from kubevirt_spawner.localvm_settings import LocalVMSettings
+from kubevirt_spawner.qemu import RunDir, VMSpec, kernel_cmdline, qemu_argv
+
+RD = RunDir(Path("/run/kvs/bob"))
+
+
+def spec(**kw):
+    base = dict(rundir=RD, kernel=Path("/g/Image"), initrd=RD.initrd, ssh_port=40023,
+                arch="aarch64")  # fmt: skip
+    return VMSpec(**{**base, **kw})
+
+
+def test_argv_aarch64_tcg_whole():
+    assert qemu_argv(spec()) == [
+        "qemu-system-aarch64",
+        "-name", "labvm,process=labvm",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", "virt,gic-version=3", "-accel", "tcg,tb-size=64",
+        "-cpu", "max,pauth-impdef=on",
+        "-m", "256", "-smp", "1",
+        "-kernel", "/g/Image", "-initrd", "/run/kvs/bob/initrd.img",
+        "-append", "console=ttyAMA0 nokaslr panic=-1 printk.devkmsg=on",
+        "-chardev", "socket,id=console,path=/run/kvs/bob/console.sock,server=on,wait=off,"
+        "logfile=/run/kvs/bob/console.log,logappend=on",
+        "-serial", "chardev:console",
+        "-qmp", "unix:/run/kvs/bob/qmp.sock,server=on,wait=off",
+        "-gdb", "unix:/run/kvs/bob/gdb.sock,server=on,wait=off",
+        "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40023-:22,restrict=on",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-pidfile", "/run/kvs/bob/qemu.pid",
+    ]  # fmt: skip
+
+
+def test_argv_aarch64_kvm_uses_host_cpu_and_no_edu_even_if_asked():
+    argv = qemu_argv(spec(accel="kvm", edu=True, cpus=2, kernel_args=("loglevel=7",)))
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-append") + 1] == (
+        "console=ttyAMA0 nokaslr panic=-1 printk.devkmsg=on loglevel=7"
+    )
+    assert not any("edu" in a for a in argv)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param("arm64", id="kbuild-name-not-uname"),
+        pytest.param("riscv64", id="unknown"),
+        pytest.param("", id="empty"),
+        pytest.param("AARCH64", id="case"),
+    ],
+)
+def test_unknown_arch_is_one_clear_line(arch):
+    with pytest.raises(ValueError) as e:
+        qemu_argv(spec(arch=arch))
+    assert str(e.value) == f"unsupported arch {arch!r}; choose one of: aarch64, x86_64"
+    assert isinstance(e.value, UnknownArch)
+
+
+def test_kernel_cmdline_console_per_arch():
+    assert kernel_cmdline((), ARCHES["aarch64"].console).startswith("console=ttyAMA0 nokaslr")
+    assert kernel_cmdline().startswith("console=ttyS0 nokaslr")
+
+
+@pytest.mark.parametrize(
+    ("arch", "host", "env", "cc"),
+    [
+        pytest.param("aarch64", "x86_64",
+                     {"ARCH": "arm64", "CROSS_COMPILE": "aarch64-linux-gnu-"},
+                     "aarch64-linux-gnu-gcc", id="cross-to-arm64"),
+        pytest.param("x86_64", "x86_64", {}, "gcc", id="native-x86"),
+        pytest.param("aarch64", "aarch64", {}, "gcc", id="native-arm64"),
+        pytest.param("x86_64", "aarch64",
+                     {"ARCH": "x86", "CROSS_COMPILE": "x86_64-linux-gnu-"},
+                     "x86_64-linux-gnu-gcc", id="cross-to-x86"),
+    ],
+)  # fmt: skip
+def test_toolchain_env_and_compiler(arch, host, env, cc):
+    assert toolchain_env(arch, host) == env
+    assert c_compiler(arch, host) == cc
+
+
+def test_toolchain_env_refuses_unknown_arch():
+    with pytest.raises(UnknownArch, match="unsupported arch 'mips'"):
+        toolchain_env("mips", "x86_64")
+
+
+def test_arch_table_names_match_uname():
+    assert get_arch("aarch64").kbuild_arch == "arm64"
+    assert get_arch("aarch64").kube_arch == "arm64"
+    assert get_arch("aarch64").syscall_prefix == "__arm64_sys_"
+    assert not get_arch("aarch64").has_edu and get_arch("x86_64").has_edu
+
+
+def make_guest(root: Path, arch: str | None, kernel: str) -> Path:
+    root.mkdir()
+    for name in (kernel, "vmlinux", "initramfs.cpio.gz"):
+        (root / name).write_text("x")
+    if arch is not None:
+        (root / "arch").write_text(arch + "\n")
+    return root
+
+
+def test_guest_aarch64_kernel_is_Image(tmp_path):
+    g = Guest.find(make_guest(tmp_path / "g", "aarch64", "Image"), "aarch64")
+    assert g.arch == "aarch64" and g.kernel == tmp_path / "g" / "Image"
+
+
+def test_guest_without_arch_file_is_x86(tmp_path):
+    g = Guest.find(make_guest(tmp_path / "g", None, "bzImage"))
+    assert g.arch == "x86_64" and g.kernel.name == "bzImage"
+
+
+def test_guest_of_other_arch_names_the_build_command(tmp_path):
+    root = make_guest(tmp_path / "g", "x86_64", "bzImage")
+    with pytest.raises(GuestNotBuilt, match=r"built for x86_64, not aarch64.*make guest-aarch64"):
+        Guest.find(root, "aarch64")
+
+
+def test_missing_aarch64_guest_names_its_build_command(tmp_path):
+    with pytest.raises(GuestNotBuilt, match=r"Image, vmlinux.*`make guest-aarch64`"):
+        Guest.find(tmp_path / "nothing", "aarch64")
+
+
+def test_guest_with_unknown_arch_file(tmp_path):
+    root = make_guest(tmp_path / "g", "sparc64", "Image")
+    with pytest.raises(GuestNotBuilt, match="unsupported arch 'sparc64'"):
+        Guest.find(root)
+
+
+def test_default_guest_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv("KVS_CACHE_DIR", str(tmp_path))
+    assert default_guest_dir() == tmp_path / "guest" / "current"
+    assert default_guest_dir("aarch64") == tmp_path / "guest" / "current-aarch64"
+    with pytest.raises(UnknownArch):
+        default_guest_dir("ppc64le")
+
+
+def test_vm_arch_setting_refuses_unknown_arch_in_one_line():
+    s = LocalVMSettings()
+    s.vm_arch = "aarch64"
+    with pytest.raises(TraitError) as e:
+        s.vm_arch = "arm"
+    assert str(e.value) == (
+        "LocalVMSpawner.vm_arch: unsupported arch 'arm'; choose one of: aarch64, x86_64"
+    )
+
+
+def test_gdb_for_aarch64_sets_its_architecture():
+    env = LabEnv(vm_host="127.0.0.1", ssh_port=2222, gdb_remote="| socat - UNIX-CONNECT:/g",
+                 vmlinux="/g/vmlinux", kdir="", arch="aarch64", ssh_key="k", known_hosts="h")  # fmt: skip
+    argv = gdb_argv(env, ["bt"])
+    if platform.machine() != "aarch64":
+        i = argv.index("set architecture aarch64")
+        assert argv[i - 1] == "-ex"
+        assert i < argv.index("file /g/vmlinux")
+    else:
+        assert "set architecture aarch64" not in argv
