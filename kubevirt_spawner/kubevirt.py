@@ -18,9 +18,10 @@ from kubespawner.clients import shared_client
 from kubespawner.slugs import is_valid_label, is_valid_object_name, safe_slug
 from kubespawner.spawner import EventReflector
 from kubespawner.utils import get_k8s_model
-from traitlets import Bool, Dict, Enum, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Integer, TraitError, Unicode, default, validate
 
 from . import kubeapi, manifests, vmstatus
+from .arch import get_arch, toolchain_env
 from .cloudinit import make_cloud_init
 from .lab import LabEnv
 from .sshkeys import known_hosts_line, make_ssh_keypair
@@ -77,6 +78,23 @@ class KubeVirtSpawner(KubeSpawner):
         aarch64 (virt machine, UEFI). The VM is scheduled on nodes of that
         architecture (kubernetes.io/arch).""",
     ).tag(config=True)
+    notebook_arch = Unicode(
+        "x86_64",
+        help="""`uname -m` of the notebook pods (the notebook image's
+        architecture). When the VM's arch differs (an aarch64 VM beside an
+        x86_64 notebook), the notebook gets ARCH and CROSS_COMPILE so that
+        `make -C $LAB_KDIR M=$PWD modules` cross-builds, and the checks
+        cross-compile programs; the image needs gcc-aarch64-linux-gnu.""",
+    ).tag(config=True)
+
+    @validate("notebook_arch")
+    def _check_notebook_arch(self, proposal):
+        try:
+            get_arch(proposal.value)
+        except ValueError as e:
+            raise TraitError(f"KubeVirtSpawner.notebook_arch: {e}") from None
+        return proposal.value
+
     vm_cpus = Integer(2, help="Virtual CPUs per VM (default: the reference platform's 2).").tag(
         config=True
     )
@@ -240,7 +258,9 @@ class KubeVirtSpawner(KubeSpawner):
     def get_env(self):
         env = super().get_env()
         if self.with_vm:
-            env.update(self._lab_env().to_environ())
+            lab = self._lab_env()
+            env.update(lab.to_environ())
+            env.update(toolchain_env(lab.arch, self.notebook_arch))
         return env
 
     async def get_pod_manifest(self):
