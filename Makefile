@@ -3,13 +3,17 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: deps guest demo test test-unit test-local lint bench clean cluster-bins test-cluster bench-cluster images
+.PHONY: deps guest guest-aarch64 demo test test-unit test-local lint bench clean cluster-bins test-cluster bench-cluster images
 
 deps:
 	@scripts/install-deps.sh
 
 guest: deps
 	@images/guest/build.sh
+
+# The arm64 guest (cross-built; cold: see README "aarch64"; warm: seconds).
+guest-aarch64: deps
+	@images/guest/build-aarch64.sh
 
 demo: guest
 	$(PY) -m jupyterhub -f hub-config/local_config.py
@@ -18,7 +22,7 @@ lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-test: lint guest cluster-bins images
+test: lint guest guest-aarch64 cluster-bins images
 	$(PY) -m pytest -q tests
 
 test-unit: deps
@@ -40,7 +44,7 @@ bench-cluster: deps cluster-bins
 images: deps
 	@images/build.sh
 
-test-local: guest images
+test-local: guest guest-aarch64 images
 	$(PY) -m pytest -q tests/local
 
 bench: guest

@@ -62,6 +62,13 @@ c.LocalVMSpawner.profile_list = [
         "default": True,
     },
     {
+        "display_name": "Kernel labs, aarch64",
+        "slug": "kernel-aarch64",
+        "description": "The same on an emulated arm64 VM (Kunpeng-style; no edu device; "
+        "slower: TCG). Needs `make guest-aarch64` once.",
+        "spawner_override": {"vm_arch": "aarch64"},
+    },
+    {
         "display_name": "Shell and syscall labs",
         "slug": "novm",
         "description": "JupyterLab only, no VM: for labs 1-3 when the server is busy.",

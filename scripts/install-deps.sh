@@ -10,6 +10,9 @@ APT_PACKAGES=(
   # the local VM and its guest build
   qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
   libelf-dev libssl-dev cpio xz-utils rsync busybox-static dropbear-bin strace kmod kexec-tools
+  # the aarch64 VM: its QEMU, the cross compiler for its kernel, students'
+  # modules and programs (static, so libc6-dev-arm64-cross), gdb for arm64
+  qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross gdb-multiarch
   # the student's side: ssh client, gdb, socat for the gdb and console sockets
   openssh-client gdb socat
   # the hub
@@ -26,6 +29,20 @@ APT_PACKAGES=(
 # already has a Node.js of its own (NodeSource's nodejs conflicts with
 # Debian's npm package).
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
+
+# The aarch64 guest's root filesystem is made from Debian's arm64 packages,
+# which images/guest/build-aarch64.sh fetches with `apt-get download`.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "install-deps: dpkg --add-architecture arm64"
+    dpkg --add-architecture arm64
+    apt-get update -q
+  else
+    echo "install-deps: apt must know arm64 packages. Run as root:" >&2
+    echo "  dpkg --add-architecture arm64 && apt-get update" >&2
+    exit 1
+  fi
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -43,19 +43,19 @@ dpkg --print-foreign-architectures | grep -qx arm64 \
 # kexec-tools links libxenctrl, hence the Xen libraries.
 rootfs_debs=(
   busybox-static dropbear-bin strace kmod kexec-tools
-  libc6 libcrypt1 libtomcrypt1 libtommath1 zlib1g liblzma5 libssl3 libzstd1
+  libc6 libcrypt1 libtomcrypt1 libtommath1 libgmp10 zlib1g liblzma5 libssl3 libzstd1
   libxenmisc4.17 libxentoollog1 libxencall1 libxenevtchn1 libxengnttab1
-  libxenforeignmemory1 libxendevicemodel1
+  libxenforeignmemory1 libxendevicemodel1 libxentoolcore1
 )
 
 pkgver() { dpkg-query -W -f='${Package}=${Version}\n' "$@"; }
+# "pkg:arm64=candidate version" per package, from apt's lists (one apt-cache call).
 arm64ver() {
-  local p v
-  for p in "$@"; do
-    v=$(apt-cache policy "$p:arm64" 2>/dev/null | awk '/Candidate:/ {print $2}')
-    [ -n "$v" ] && [ "$v" != "(none)" ] || die "no arm64 package $p in apt's lists; run: apt-get update"
-    echo "$p:arm64=$v"
-  done
+  local listed
+  listed=$(apt-cache policy "${@/%/:arm64}" 2>/dev/null \
+    | awk '/^[^ ].*:$/ {p=substr($0, 1, length($0)-1)} /Candidate:/ && $2 != "(none)" {print p "=" $2}')
+  [ "$(wc -l <<<"$listed")" = $# ] || die "not every arm64 package of rootfs_debs is in apt's lists; run: apt-get update"
+  echo "$listed"
 }
 fn_text() { sed -n "/^$1()/,/^}/p" "$0"; }
 

@@ -24,8 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hubctl import Hub
 
+from kubevirt_spawner.arch import ARCHES, toolchain_env
+from kubevirt_spawner.guest import Guest, GuestNotBuilt, default_guest_dir
 from kubevirt_spawner.lab import LabEnv, LabVM, ssh_argv
 from kubevirt_spawner.vmprocess import descendants
+
+# The aarch64 rows spawn with this profile (LocalVMSpawner.vm_arch).
+PROFILES = """
+c.LocalVMSpawner.profile_list = [
+    {"display_name": "x86_64", "slug": "x86-64", "default": True},
+    {"display_name": "aarch64", "slug": "aarch64", "spawner_override": {"vm_arch": "aarch64"}},
+]
+"""
 
 HELLO_C = r"""
 #include <linux/module.h>
@@ -80,7 +90,7 @@ def gdb_round_trip(vm: LabVM) -> tuple[float, float]:
     s = vm.gdb_session(timeout=60)
     attach = time.monotonic() - t0
     t1 = time.monotonic()
-    s.sendline("break __x64_sys_newuname")
+    s.sendline(f"break {ARCHES[vm.env.arch].syscall_prefix}newuname")
     s.expect_exact("(gdb) ")
     s.sendline("continue")
     s.expect("Continuing")
@@ -102,24 +112,62 @@ def module_cycle(vm: LabVM, workdir: Path, n: int) -> float:
     (workdir / "Makefile").write_text("obj-m += benchhello.o\n")
     (workdir / "benchhello.c").write_text(HELLO_C.replace("NUM", str(n)))
     t = time.monotonic()
+    env = {**os.environ, **toolchain_env(vm.env.arch, platform.machine())}
     subprocess.run(["make", "-s", "-C", vm.env.kdir, f"M={workdir}", "modules"], check=True,
-                   capture_output=True)  # fmt: skip
+                   capture_output=True, env=env)  # fmt: skip
     log = vm.insmod(workdir / "benchhello.ko")
     assert f"bench hello {n}" in log, log
     vm.rmmod("benchhello")
     return time.monotonic() - t
 
 
+def aarch64_rows(hub: Hub, rounds: int, work: Path) -> list[tuple[str, str, str, str]]:
+    """Spawn-to-ready, gdb round trip and module cycle of the aarch64 profile (TCG)."""
+    try:
+        Guest.find(default_guest_dir("aarch64"), "aarch64")
+    except GuestNotBuilt as e:
+        return [("aarch64 spawn-to-ready", "-", "", f"not measured: {e}")]
+    times = []
+    for i in range(rounds):
+        user = f"kvsa-{i}"
+        hub.create_user(user)
+        t = time.monotonic()
+        events = hub.spawn(user, {"profile": "aarch64"}, timeout=300)
+        times.append(time.monotonic() - t)
+        assert events[-1].get("ready"), events
+    vm = LabVM(lab_env_of(server_pid("kvsa-0")))
+    hits = [gdb_round_trip(vm)[1] for _ in range(3)]
+    mdir = work / "module-aarch64"
+    mdir.mkdir()
+    cycles = [module_cycle(vm, mdir, n) for n in range(3)]
+    for i in range(rounds):
+        hub.stop_server(f"kvsa-{i}")
+    return [
+        ("aarch64 spawn-to-ready (virt, -cpu max, TCG)", f"{statistics.median(times):.1f} s", "",
+         f"median of {rounds}; all: " + ", ".join(f"{x:.1f}" for x in times)),
+        ("aarch64 gdb break -> trigger in VM -> hit -> detach", f"{statistics.median(hits):.2f} s",
+         "", "median of 3, gdb-multiarch"),
+        ("aarch64 module edit -> cross-build -> insmod -> dmesg -> rmmod",
+         f"{statistics.median(cycles):.2f} s", "", "median of 3"),
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3, help="sequential spawns to time")
     ap.add_argument("--concurrent", type=int, default=4, help="students spawned at once")
+    ap.add_argument("--arch", choices=["all", *ARCHES], default="all",
+                    help="which VM architectures to measure (aarch64 needs `make guest-aarch64`)")  # fmt: skip
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="kvs-bench-"))
-    hub = Hub(work).start()
+    hub = Hub(work, extra_config=PROFILES).start()
     rows = []
     try:
+        if args.arch in ("all", "aarch64"):
+            rows += aarch64_rows(hub, args.rounds, work)
+        if args.arch == "aarch64":
+            return
         spawn_times = []
         for i in range(args.rounds):
             user = f"kvsb-{i}"
@@ -206,7 +254,11 @@ def main() -> None:
     finally:
         hub.stop()
         shutil.rmtree(hub.runtime_root, ignore_errors=True)
+        if rows:
+            print_table(rows, hub, load_before)
 
+
+def print_table(rows, hub: Hub, load_before: float) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     accel = next((line.split("Accelerator: ", 1)[1] for line in hub.log_path.read_text().splitlines()
