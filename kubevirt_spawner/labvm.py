@@ -2,6 +2,7 @@
 
     labvm status | ssh [CMD...] | console | gdb | push FILE... [--to DIR]
           insmod FILE.ko [PARAM=VALUE...] | dmesg | boot-kernel BZIMAGE | reset
+          kernel-tree {init [DIR] | edit FILE... | restore FILE... | diff}
 
 Errors are one line on stderr and a non-zero exit (1: the VM or the request
 failed; 2: the command line was wrong).
@@ -14,6 +15,7 @@ import os
 import shutil
 import sys
 
+from . import kerneltree
 from .lab import LabEnv, LabError, LabVM, gdb_argv, ssh_argv
 
 DESCRIPTION = "Work with your lab VM: run commands in it, load modules, debug its kernel."
@@ -38,6 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("boot-kernel", help="boot the VM on your own bzImage (kexec)")
     s.add_argument("bzimage", metavar="BZIMAGE")
     sub.add_parser("reset", help="restart the VM afresh on the course kernel")
+    k = sub.add_parser(
+        "kernel-tree",
+        help="your own editable copy of the course kernel tree (lab 4)",
+        description="Your own kernel tree: sources linked to the course tree "
+        "(LAB_KDIR) until you edit them, build outputs ready, so `make bzImage` "
+        "rebuilds only what you changed.",
+    )
+    k.add_argument("--tree", metavar="DIR", default=None,
+                   help="the tree to act on (default: the one you are in, else ~/linux)")  # fmt: skip
+    ks = k.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = ks.add_parser("init", help="make the tree (default ~/linux)")
+    s.add_argument("dir", nargs="?", metavar="DIR")
+    s = ks.add_parser("edit", help="make FILEs yours to edit (before changing them)")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s = ks.add_parser("restore", help="put FILEs back to the course version")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    ks.add_parser("diff", help="your changes to the kernel, as a patch")
     return p
 
 
@@ -60,7 +79,58 @@ def _exec(argv: list[str]) -> int:
     return 127  # not reached
 
 
+DEFAULT_TREE = "~/linux"
+
+
+def _find_tree(explicit: str | None) -> str:
+    """The kernel tree a command acts on: ``--tree``, else the one the current
+    directory is in, else ~/linux."""
+    if explicit:
+        return explicit
+    here = os.getcwd()
+    while True:
+        if os.path.exists(os.path.join(here, kerneltree.MARKER)):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return os.path.expanduser(DEFAULT_TREE)
+        here = parent
+
+
+def kernel_tree(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "init":
+            kdir = os.environ.get("LAB_KDIR")
+            if not kdir:
+                raise LabError("LAB_KDIR is not set: this server has no course kernel tree.")
+            dest = os.path.expanduser(args.dir or args.tree or DEFAULT_TREE)
+            print(f"Making {dest} from {kdir} ...", file=sys.stderr)
+            done = kerneltree.create(kdir, dest)
+            print(f"{done.dest}: {done.linked} links, {done.copied} build files copied "
+                  f"({done.copied_bytes / 1e6:.0f} MB). Next: cd {done.dest}; "
+                  "labvm kernel-tree edit FILE; make -j$(nproc) bzImage")  # fmt: skip
+            return 0
+        tree = _find_tree(args.tree)
+        if args.action == "edit":
+            for f in args.files:
+                print(kerneltree.own(tree, _from_cwd(f)))
+        elif args.action == "restore":
+            for f in args.files:
+                kerneltree.restore(tree, _from_cwd(f))
+        elif args.action == "diff":
+            print(kerneltree.diff(tree), end="")
+    except kerneltree.KernelTreeError as e:
+        raise LabError(str(e)) from None
+    return 0
+
+
+def _from_cwd(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.command == "kernel-tree":
+        return kernel_tree(args)
     env = LabEnv.from_environ()
     vm = LabVM(env)
     cmd = args.command

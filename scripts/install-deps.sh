@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   # the local VM and its guest build
   qemu-system-x86 qemu-utils linux-source-6.1 build-essential flex bison bc
-  libelf-dev libssl-dev cpio xz-utils rsync busybox-static dropbear-bin strace kmod kexec-tools
+  libelf-dev libssl-dev cpio xz-utils rsync patch busybox-static dropbear-bin strace kmod kexec-tools
   # the aarch64 VM: its QEMU, the cross compiler for its kernel, students'
   # modules and programs (static, so libc6-dev-arm64-cross), gdb for arm64
   qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross gdb-multiarch

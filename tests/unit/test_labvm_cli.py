@@ -38,6 +38,7 @@ def test_help_lists_every_command():
         "dmesg",
         "boot-kernel",
         "reset",
+        "kernel-tree",
     ):
         assert cmd in r.stdout
 
