@@ -225,3 +225,16 @@ def fresh_insmod(machine: LabVM, ko: Path, *params: str) -> str:
     __tracebackhide__ = True
     unload_if_loaded(machine, ko.stem.replace("-", "_"))
     return machine.insmod(ko, *params)
+
+
+def make_kernel(tree: str | os.PathLike, *targets: str) -> float:
+    """``make -jN TARGETS`` in a kernel tree (lab 4); return the seconds it took."""
+    __tracebackhide__ = True
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run(["make", "-s", f"-j{os.cpu_count() or 1}", *targets], cwd=tree,
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise CheckFailed(f"The kernel does not build: {_first_error(proc.stderr + proc.stdout)}")
+    return time.monotonic() - t0
