@@ -124,7 +124,10 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
     else:
         # virt: the board QEMU recommends for arm64 guests, PCIe and a PL011
         # UART (ttyAMA0) on it; -kernel boots the Image without firmware.
-        machine = ["-machine", "virt,gic-version=3"]
+        # dtb-randomness=off: no /chosen/kaslr-seed, which only a KASLR kernel
+        # wipes; kexec-tools refuses to reuse a device tree that still has one
+        # ("kaslr-seed is not wiped to 0"), and `labvm boot-kernel` needs kexec.
+        machine = ["-machine", "virt,gic-version=3,dtb-randomness=off"]
         cpu = cpu or ["-cpu", AARCH64_TCG_CPU]
     netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     if spec.network_restrict:

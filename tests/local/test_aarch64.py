@@ -29,6 +29,7 @@ from notebook_helpers import (
 
 from kubevirt_spawner.arch import toolchain_env
 from kubevirt_spawner.guest import Guest, default_guest_dir
+from kubevirt_spawner.lab import LabError
 from kubevirt_spawner.standalone import boot_lab_vm
 
 pytestmark = pytest.mark.local
@@ -192,3 +193,23 @@ def test_instructor_notebook_passes_on_aarch64(lab, arm_vm, arm_kenv, tmp_path):
     assert "Kernel panic" not in arm_vm.console_tail(200), f"kernel panicked in {lab}"
     oops = arm_vm.vm.run("dmesg | grep -E 'BUG:|Oops|WARNING:' || true").stdout.strip()
     assert not oops, f"kernel complained during {lab}: {oops}"
+
+
+def test_reset_and_kexec_into_an_arm64_image(arm_vm, arm_guest, tmp_path):
+    """`labvm reset` (QMP system_reset) and `labvm boot-kernel` (kexec) on arm64."""
+    vm = arm_vm.vm
+    vm.run("touch /root/before-reset")
+    vm.reset()
+    assert "before-reset" not in vm.run("ls /root").stdout, "reset kept the old root filesystem"
+
+    def boots() -> int:
+        return arm_vm.rundir.console_log.read_text(errors="replace").count("labvm: init started")
+
+    before = boots()
+    assert vm.boot_kernel(arm_guest.kernel) == arm_guest.kernel_release
+    assert boots() == before + 1, f"no second boot on the console:\n{arm_vm.console_tail()}"
+    junk = tmp_path / "Image"
+    junk.write_bytes(b"\0" * 4096)
+    with pytest.raises(LabError, match="not a bootable arm64 kernel"):
+        vm.boot_kernel(junk)
+    assert vm.run("uname -m").stdout.strip() == "aarch64"
