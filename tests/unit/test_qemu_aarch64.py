@@ -169,3 +169,40 @@ def test_gdb_for_aarch64_sets_its_architecture():
         assert i < argv.index("file /g/vmlinux")
     else:
         assert "set architecture aarch64" not in argv
+
+
+LOCAL_PROFILES = [
+    {"display_name": "x86", "slug": "x86", "default": True},
+    {"display_name": "arm", "slug": "arm",
+     "spawner_override": {"vm_arch": "aarch64", "vm_memory_mb": 512}},
+    {"display_name": "bad", "slug": "bad", "spawner_override": {"vm_arch": "mips"}},
+]  # fmt: skip
+
+
+def test_profile_picks_arch_and_the_next_profile_does_not_inherit_it(monkeypatch, tmp_path):
+    from kubevirt_spawner.localvm import LocalVMSpawner
+
+    monkeypatch.setenv("KVS_CACHE_DIR", str(tmp_path))
+    s = LocalVMSpawner(profile_list=LOCAL_PROFILES)
+    s.user_options = {"profile": "arm"}
+    assert s._apply_profile() == "arm"
+    assert (s.vm_arch, s.vm_memory_mb) == ("aarch64", 512)
+    assert s._guest_dir() == tmp_path / "guest" / "current-aarch64"
+    s.user_options = {"profile": "x86"}
+    assert s._apply_profile() == "x86"
+    assert (s.vm_arch, s.vm_memory_mb) == ("", 256)
+    assert s._guest_dir() == tmp_path / "guest" / "current"
+
+
+def test_profile_with_unknown_arch_is_a_one_line_spawn_error():
+    from kubevirt_spawner.accounts import SpawnError
+    from kubevirt_spawner.localvm import LocalVMSpawner
+
+    s = LocalVMSpawner(profile_list=LOCAL_PROFILES)
+    s.user_options = {"profile": "bad"}
+    with pytest.raises(SpawnError) as e:
+        s._apply_profile()
+    assert str(e.value) == (
+        "profile 'bad': LocalVMSpawner.vm_arch: unsupported arch 'mips'; "
+        "choose one of: aarch64, x86_64"
+    )
