@@ -261,8 +261,9 @@ def main() -> None:
 def print_table(rows, hub: Hub, load_before: float) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
-    accel = next((line.split("Accelerator: ", 1)[1] for line in hub.log_path.read_text().splitlines()
-                  if "Accelerator: " in line), "unknown")  # fmt: skip
+    accels = dict.fromkeys(line.split("Accelerator: ", 1)[1] for line in hub.log_path.read_text().splitlines()
+                           if "Accelerator: " in line)  # fmt: skip
+    accel = "; ".join(accels) or "unknown"
     print(f"\nmachine: {os.cpu_count()} cores, {cpu}; 1-min load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after; accelerator: {accel}")  # fmt: skip
     w = max(len(r[0]) for r in rows)
