@@ -29,6 +29,12 @@ umask 022
 die() { echo "build-guest-aarch64: $*" >&2; exit 1; }
 log() { echo "build-guest-aarch64: $*" >&2; }
 
+case "${1:-}" in
+  ""|--print-dir) ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown argument ${1}; usage: $0 [--print-dir]" ;;
+esac
+
 need_pkgs=(linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu busybox-static flex bison bc libelf-dev libssl-dev cpio)
 missing=()
 for p in "${need_pkgs[@]}"; do
