@@ -80,6 +80,14 @@ c.LocalVMSpawner.profile_list = [
 lab_manager = __import__("runpy").run_path(str(repo / "hub-config/manager_service.py"))
 lab_manager["add_lab_manager"](c, port=int(os.environ.get("KVS_LAB_MANAGER_PORT", "10101")), args=[f"--db={state / 'lab-manager.sqlite'}"])  # fmt: skip
 
+# The nbgrader course (nbgrader_course.py): student and grader groups, the
+# graders' course service (JupyterLab + formgrader as the course account), the
+# exchange. Without root it all stays beside the demo's state.
+if os.getuid() != 0:
+    os.environ.setdefault("KVS_COURSE_ROOT", str(state / "course"))
+    os.environ.setdefault("KVS_NBGRADER_EXCHANGE", str(state / "exchange"))
+exec(open(repo / "hub-config/nbgrader_course.py").read())  # applies itself to c
+
 print(
     "\n=== kubevirt-spawner demo ===\n"
     f"Open http://{c.JupyterHub.ip}:{c.JupyterHub.port}/ and log in as\n"

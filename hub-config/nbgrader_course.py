@@ -18,13 +18,20 @@ What it sets up, following nbgrader's "Using nbgrader with JupyterHub" layout:
   config (course id, exchange) so that the Assignments tab works unchanged.
 
 Environment: KVS_COURSE_ID (default os-lab), KVS_COURSE_ROOT (default
-notebooks/ here), KVS_NBGRADER_EXCHANGE (default /srv/nbgrader/exchange),
-KVS_COURSE_GRADERS (comma-separated hub user names, default "instructor").
+/srv/nbgrader/<course>: made on first start from notebooks/ here, owned by
+the course account), KVS_NBGRADER_EXCHANGE (default /srv/nbgrader/exchange),
+KVS_COURSE_GRADERS (comma-separated hub user names, default "instructor"),
+KVS_COURSE_ACCOUNT (the system account the course service runs as when the
+hub runs as root, default grader-<course>: Jupyter refuses to serve as root,
+and graders should not get a root shell), KVS_COURSE_SERVICE_PORT (9999).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,7 +45,8 @@ def course_settings(environ=None) -> dict:
     graders = [g for g in env.get("KVS_COURSE_GRADERS", "instructor").split(",") if g]
     return {
         "course_id": course,
-        "root": env.get("KVS_COURSE_ROOT", str(REPO / "notebooks")),
+        "root": env.get("KVS_COURSE_ROOT", f"/srv/nbgrader/{course}"),
+        "account": env.get("KVS_COURSE_ACCOUNT", f"grader-{course}"),
         "exchange": env.get("KVS_NBGRADER_EXCHANGE", "/srv/nbgrader/exchange"),
         "graders": graders,
         "student_group": f"nbgrader-{course}",
@@ -47,8 +55,9 @@ def course_settings(environ=None) -> dict:
     }
 
 
-def hub_settings(s: dict) -> dict:
-    """JupyterHub settings (groups, roles, service) for the course ``s`` (pure)."""
+def hub_settings(s: dict, as_root: bool = False) -> dict:
+    """JupyterHub settings (groups, roles, service) for the course ``s`` (pure).
+    ``as_root``: the hub runs as root, so the service runs as the course account."""
     service_cmd = [sys.executable, "-m", "jupyterhub.singleuser", "--debug",
                    f"--ServerApp.root_dir={s['root']}"]  # fmt: skip
     return {
@@ -81,6 +90,7 @@ def hub_settings(s: dict) -> dict:
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.defpath}",
                 },
                 "oauth_no_confirm": True,
+                **({"user": s["account"]} if as_root else {}),
             }
         ],
     }
@@ -103,10 +113,34 @@ def make_exchange(path: str) -> None:
         p.chmod(0o1777)
 
 
-def configure_course(c, environ=None, create_exchange: bool = True) -> dict:
+def prepare_course_root(s: dict, as_root: bool) -> None:
+    """Make the course root from this repository's notebooks/ if it has no
+    nbgrader_config.py yet (an existing course is never touched), owned by the
+    course account (created if missing) when running as root."""
+    root = Path(s["root"])
+    if as_root:
+        try:
+            pwd.getpwnam(s["account"])
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/bash",
+                            "--user-group", s["account"]], check=True)  # fmt: skip
+    if (root / "nbgrader_config.py").exists():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "notebooks" / "nbgrader_config.py", root)
+    shutil.copytree(REPO / "notebooks" / "source", root / "source", dirs_exist_ok=True)
+    if as_root:
+        pw = pwd.getpwnam(s["account"])
+        for d, _dirs, files in os.walk(root):
+            for name in [d, *(os.path.join(d, f) for f in files)]:
+                os.chown(name, pw.pw_uid, pw.pw_gid)
+
+
+def configure_course(c, environ=None, create_exchange: bool = True, prepare: bool = True) -> dict:
     """Apply the course to JupyterHub config ``c``; return its settings."""
     s = course_settings(environ)
-    h = hub_settings(s)
+    as_root = os.getuid() == 0
+    h = hub_settings(s, as_root)
     # extend/update work both on values set before and on traitlets' lazy
     # values (what `c.JupyterHub.services.append(...)` elsewhere leaves behind).
     c.JupyterHub.load_groups.update(h["load_groups"])
@@ -115,6 +149,8 @@ def configure_course(c, environ=None, create_exchange: bool = True) -> dict:
     c.Spawner.environment.update(student_environment(s))
     if create_exchange:
         make_exchange(s["exchange"])
+    if prepare:
+        prepare_course_root(s, as_root)
     return s
 
 

@@ -3,8 +3,10 @@ start, students and the instructor log in, wrong passwords are refused."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -18,7 +20,12 @@ pytestmark = pytest.mark.local
 def demo(tmp_path_factory):
     state = tmp_path_factory.mktemp("demo")
     port = free_port()
-    env = {**os.environ, "KVS_DEMO_STATE": str(state), "KVS_DEMO_PORT": str(port)}
+    # The course account must reach its course root: not under pytest's 0700 tmp.
+    course_base = tempfile.mkdtemp(prefix="kvs-course-", dir="/tmp")
+    os.chmod(course_base, 0o755)
+    env = {**os.environ, "KVS_DEMO_STATE": str(state), "KVS_DEMO_PORT": str(port),
+           "KVS_COURSE_ROOT": f"{course_base}/course", "KVS_NBGRADER_EXCHANGE": f"{course_base}/exchange",
+           "KVS_COURSE_SERVICE_PORT": str(free_port()), "KVS_LAB_MANAGER_PORT": str(free_port())}  # fmt: skip
     log = open(state / "hub.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "hub-config/local_config.py"),
@@ -40,6 +47,7 @@ def demo(tmp_path_factory):
     yield url, state
     proc.terminate()
     proc.wait(30)
+    shutil.rmtree(course_base, ignore_errors=True)
 
 
 def login(url: str, user: str, password: str) -> requests.Session:
@@ -74,3 +82,27 @@ def test_logins(demo):
     assert admin.get(f"{url}/hub/admin", timeout=10).status_code == 200
     # the student password does not make anyone an admin
     assert login(url, "instructor", kept["student"]).login_status == 403
+
+
+def test_course_service_serves_graders_only(demo):
+    """The nbgrader course service runs (as the course account, not root) and
+    lets the instructor into formgrader; a student is refused."""
+    url, state = demo
+    kept = dict(line.split(" ", 1) for line in (state / "passwords").read_text().splitlines())
+    admin = login(url, "instructor", kept["instructor"])
+    deadline = time.monotonic() + 90  # the service starts beside the hub
+    while True:
+        r = admin.get(f"{url}/services/os-lab/formgrader", timeout=30)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert r.status_code == 200, (r.status_code, (state / "hub.log").read_text()[-3000:])
+    assert "formgrader" in r.text.lower()
+    # It runs as the course account, with the course root made from notebooks/.
+    out = subprocess.run(["ps", "-ww", "-eo", "user:32,args"], capture_output=True, text=True).stdout
+    (line,) = [ln for ln in out.splitlines()
+               if "jupyterhub.singleuser" in ln and "kvs-course-" in ln]  # fmt: skip
+    assert line.split()[0] == "grader-os-lab"
+    student = login(url, "kvst-frank", kept["student"])
+    r = student.get(f"{url}/services/os-lab/formgrader", timeout=30)
+    assert r.status_code == 403
