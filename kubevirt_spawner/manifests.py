@@ -157,6 +157,10 @@ def make_vm(
         # arm64 guests boot through UEFI on QEMU's `virt` machine.
         domain["machine"] = {"type": "virt"}
         domain["firmware"] = {"bootloader": {"efi": {"secureBoot": False}}}
+        # Headless (students use ssh and the serial console): no virtio-gpu,
+        # which some arm64 virt-launcher builds lacked, failing every VM
+        # (kubevirt/kubevirt#8708, #8900).
+        domain["devices"]["autoattachGraphicsDevice"] = False
 
     template_spec: dict = {
         "architecture": KUBE_ARCH[arch],

@@ -62,6 +62,7 @@ def test_vm_aarch64_whole():
                                 }
                             ],  # fmt: skip
                             "rng": {},
+                            "autoattachGraphicsDevice": False,
                         },
                     },
                     "networks": [{"name": "default", "pod": {}}],
