@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -213,3 +214,18 @@ def test_reset_and_kexec_into_an_arm64_image(arm_vm, arm_guest, tmp_path):
     with pytest.raises(LabError, match="not a bootable arm64 kernel"):
         vm.boot_kernel(junk)
     assert vm.run("uname -m").stdout.strip() == "aarch64"
+
+
+def test_compile_program_cross_compiles_static_for_aarch64(monkeypatch, tmp_path):
+    from kubevirt_spawner.checks import compile_program
+
+    src = tmp_path / "hi.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n')
+    monkeypatch.setenv("LAB_ARCH", "aarch64")
+    out = compile_program(src)
+    header = out.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    segments = subprocess.run(["aarch64-linux-gnu-readelf", "-l", str(out)],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "INTERP" not in segments, f"not static (it names a program interpreter):\n{segments}"

@@ -206,3 +206,17 @@ def test_profile_with_unknown_arch_is_a_one_line_spawn_error():
         "profile 'bad': LocalVMSpawner.vm_arch: unsupported arch 'mips'; "
         "choose one of: aarch64, x86_64"
     )
+
+
+def test_compile_program_refuses_an_unknown_lab_arch(monkeypatch, tmp_path):
+    from kubevirt_spawner.checks import CheckFailed, compile_program
+
+    src = tmp_path / "hi.c"
+    src.write_text("int main(void) { return 0; }\n")
+    monkeypatch.setenv("LAB_ARCH", "mips")
+    with pytest.raises(CheckFailed) as e:
+        compile_program(src)
+    assert str(e.value) == (
+        "LAB_ARCH names no VM this notebook can compile for: "
+        "unsupported arch 'mips'; choose one of: aarch64, x86_64."
+    )
