@@ -49,6 +49,7 @@ test-local: guest guest-aarch64 images
 
 bench: guest
 	$(PY) tests/bench/local_bench.py
+	$(PY) tests/bench/lab_bench.py
 
 clean:
 	rm -rf .venv *.egg-info

@@ -89,8 +89,8 @@ def check(check_id: str, passed_message: str = ""):
         raise CheckFailed(msg) from None
     except NameError as e:
         name = getattr(e, "name", None) or str(e)
-        msg = (f"`{name}` is not defined yet: do the TODO that sets it, then run the cells "
-               "above this one, top to bottom.")  # fmt: skip
+        msg = (f"`{name}` is not defined yet: do the TODO (or pass the check) that sets it, "
+               "then run the cells above this one, top to bottom.")  # fmt: skip
         report(check_id, False, msg)
         raise CheckFailed(msg) from None
     except (AttributeError, TypeError, ValueError, KeyError, OSError) as e:
