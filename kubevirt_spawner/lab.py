@@ -342,18 +342,8 @@ class LabVM:
             raise LabError("This backend does not say where the VM's initramfs is (LAB_VM_INITRD).")
         self.push(image, dest="/tmp/kexec")
         self.push(self.env.initrd, dest="/tmp/kexec")
-        where = ""
-        if self.env.arch == "aarch64":
-            # Observed on QEMU virt (Linux 6.1, kexec-tools 2.0.25): an Image
-            # kexec'd to the very start of RAM, kexec-tools' default, finds its
-            # initramfs corrupted; 2 MiB up, where QEMU's loader puts it, it
-            # boots. Root cause not found (see README "aarch64 VMs").
-            where = (
-                "--mem-min=$(( 0x$(awk -F- '/System RAM/ {print $1; exit}' /proc/iomem)"
-                " + 0x200000 )) "
-            )
         load = self.run(
-            f"kexec {where}-l /tmp/kexec/{shlex.quote(image.name)} "
+            f"kexec -l /tmp/kexec/{shlex.quote(image.name)} "
             f"--initrd=/tmp/kexec/{Path(self.env.initrd).name} --reuse-cmdline",
             check=False,
             timeout=120,

@@ -124,10 +124,14 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
     else:
         # virt: the board QEMU recommends for arm64 guests, PCIe and a PL011
         # UART (ttyAMA0) on it; -kernel boots the Image without firmware.
-        # dtb-randomness=off: no /chosen/kaslr-seed, which only a KASLR kernel
-        # wipes; kexec-tools refuses to reuse a device tree that still has one
-        # ("kaslr-seed is not wiped to 0"), and `labvm boot-kernel` needs kexec.
-        machine = ["-machine", "virt,gic-version=3,dtb-randomness=off"]
+        # Both off for `labvm boot-kernel` (kexec). dtb-randomness: no
+        # /chosen/kaslr-seed, which only a KASLR kernel wipes; kexec-tools
+        # refuses a device tree that still has one ("kaslr-seed is not wiped
+        # to 0"). its: without EFI to hand them over, the GICv3 ITS's LPI
+        # tables of the old kernel stay live across kexec and the GIC writes
+        # into whatever the new kernel put there (seen: its initramfs).
+        # PCI devices use INTx instead of MSI.
+        machine = ["-machine", "virt,gic-version=3,its=off,dtb-randomness=off"]
         cpu = cpu or ["-cpu", AARCH64_TCG_CPU]
     netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
     if spec.network_restrict:

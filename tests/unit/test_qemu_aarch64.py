@@ -27,7 +27,7 @@ def test_argv_aarch64_tcg_whole():
         "qemu-system-aarch64",
         "-name", "labvm,process=labvm",
         "-nodefaults", "-no-user-config", "-display", "none",
-        "-machine", "virt,gic-version=3,dtb-randomness=off", "-accel", "tcg,tb-size=64",
+        "-machine", "virt,gic-version=3,its=off,dtb-randomness=off", "-accel", "tcg,tb-size=64",
         "-cpu", "max,pauth-impdef=on",
         "-m", "256", "-smp", "1",
         "-kernel", "/g/Image", "-initrd", "/run/kvs/bob/initrd.img",
