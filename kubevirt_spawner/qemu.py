@@ -127,10 +127,10 @@ def qemu_argv(spec: VMSpec, binary: str | None = None) -> list[str]:
         # Both off for `labvm boot-kernel` (kexec). dtb-randomness: no
         # /chosen/kaslr-seed, which only a KASLR kernel wipes; kexec-tools
         # refuses a device tree that still has one ("kaslr-seed is not wiped
-        # to 0"). its: without EFI to hand them over, the GICv3 ITS's LPI
-        # tables of the old kernel stay live across kexec and the GIC writes
-        # into whatever the new kernel put there (seen: its initramfs).
-        # PCI devices use INTx instead of MSI.
+        # to 0"). its: LPIs cannot be switched off once on, so the kexec'd
+        # kernel reuses the old kernel's LPI tables where the redistributor
+        # points and initialises them in place, over whatever kexec put there
+        # (seen: its initramfs). PCI devices use INTx instead of MSI.
         machine = ["-machine", "virt,gic-version=3,its=off,dtb-randomness=off"]
         cpu = cpu or ["-cpu", AARCH64_TCG_CPU]
     netdev = f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
