@@ -161,7 +161,7 @@ def _course_generate(tmp_path):
 
 def test_course_sources_generate_with_real_nbgrader(tmp_path):
     """Every lab: nbgrader's full generate pipeline, then no Python stub in C/shell cells,
-    every C file of the student version compiles (modules: syntax only), every shell parses."""
+    every user-space C file of the student version compiles, every shell script parses."""
     released = _course_generate(tmp_path)
     assert released, "no labs generated"
     for nb_path in released:
@@ -176,7 +176,9 @@ def test_course_sources_generate_with_real_nbgrader(tmp_path):
                 body = cell.source.split("\n", 1)[1]
                 (tmp_path / "x.sh").write_text(body + "\n")
                 subprocess.run(["sh", "-n", tmp_path / "x.sh"], check=True)
-            if lang == "c" and "linux/module.h" not in cell.source and shutil.which("gcc"):
+            # Kernel code (modules, lab 4's system call) is built against the
+            # course kernel by the notebook tests in tests/local; here only user C.
+            if lang == "c" and "#include <linux/" not in cell.source and shutil.which("gcc"):
                 body = cell.source.split("\n", 1)[1]
                 (tmp_path / "x.c").write_text(body + "\n")
                 subprocess.run(["gcc", "-fsyntax-only", tmp_path / "x.c"], check=True)
