@@ -99,7 +99,9 @@ def test_course_service_serves_graders_only(demo):
     assert r.status_code == 200, (r.status_code, (state / "hub.log").read_text()[-3000:])
     assert "formgrader" in r.text.lower()
     # It runs as the course account, with the course root made from notebooks/.
-    out = subprocess.run(["ps", "-ww", "-eo", "user:32,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "user:32,args"], capture_output=True, text=True
+    ).stdout
     (line,) = [ln for ln in out.splitlines()
                if "jupyterhub.singleuser" in ln and "kvs-course-" in ln]  # fmt: skip
     assert line.split()[0] == "grader-os-lab"
