@@ -146,7 +146,10 @@ class LabManagerApp(Application):
     notebook_idle = Float(
         900.0,
         help="""Abuse: seconds without notebook activity (as the hub saw it)
-        before sustained CPU counts; a student at work is never flagged for CPU.""",
+        before sustained CPU counts; a student at work is never flagged for CPU.
+        The hub hears of activity every JUPYTERHUB_ACTIVITY_INTERVAL seconds
+        (300 by default, a Spawner.environment setting): keep this well above
+        that, or a student busy in a terminal looks idle.""",
     ).tag(config=True)
     inspect_interval = Float(
         60.0,
