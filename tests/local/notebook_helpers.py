@@ -174,3 +174,53 @@ def solve(release_nb, source_nb):
         if cell.metadata.get("nbgrader", {}).get("solution") and gid in answers:
             cell.source = answers[gid]
     return solved
+
+
+def nbgrader_round_trip(
+    base: Path, labs: list[str], env: dict[str, str], after_lab=None
+) -> list[str]:
+    """generate -> release -> fetch -> submit -> collect -> autograde ``labs``
+    with the real nbgrader, for two students: ``alice`` submits the release
+    untouched, ``bob`` with the instructor's solutions typed in. Returns the
+    problems found (empty: bob got full marks, alice exactly the free points,
+    and every check alice failed said why in one ``CheckFailed`` line).
+    ``after_lab(lab)`` runs after each lab is graded (e.g. a VM health check).
+    """
+    course = Course.make(base, labs, env)
+    for lab in labs:
+        course.run(["generate_assignment", lab, "--force"])
+        course.run(["release_assignment", lab, "--force"])
+    for student in ("alice", "bob"):
+        home = course.student_dir(student)
+        for lab in labs:
+            course.run(["fetch_assignment", lab], user=student, cwd=home)
+            if student == "bob":
+                nb_path = home / lab / f"{lab}.ipynb"
+                source = nbformat.read(NOTEBOOKS / "source" / lab / f"{lab}.ipynb", 4)
+                nbformat.write(solve(nbformat.read(nb_path, 4), source), nb_path)
+            course.run(["submit", lab, f"--student={student}"], user=student, cwd=home)
+    problems = []
+    for lab in labs:
+        course.run(["collect", lab])
+        course.run(["autograde", lab, "--force"])
+        max_scores = course.max_scores(lab)
+        bob = course.scores(lab, "bob")
+        if bob != max_scores:
+            problems.append(f"{lab}: bob (solutions) scored {bob}, expected {max_scores}")
+        released = nbformat.read(course.root / "release" / lab / f"{lab}.ipynb", 4)
+        free = {c.grade_id: c.points for c in grade_cells(released) if is_free(c)}
+        expected_alice = {gid: float(free.get(gid, 0)) for gid in max_scores}
+        alice = course.scores(lab, "alice")
+        if alice != expected_alice:
+            problems.append(f"{lab}: alice (untouched) scored {alice}, expected {expected_alice}")
+        graded = nbformat.read(course.root / "autograded" / "alice" / lab / f"{lab}.ipynb", 4)
+        for cell in grade_cells(graded):
+            if not cell.passed:
+                print(f"alice {lab}/{cell.grade_id}: {cell.error}")
+                if not cell.error.startswith("CheckFailed: "):
+                    problems.append(f"{lab}/{cell.grade_id}: untouched release failed without "
+                                    f"a CheckFailed message: {cell.error}")  # fmt: skip
+        if after_lab:
+            after_lab(lab)
+    shutil.rmtree(course.root / "autograded", ignore_errors=True)
+    return problems

@@ -9,20 +9,16 @@ Labs 4 and 8 (kernel rebuilds) are in test_notebooks_kernel.py.
 
 from __future__ import annotations
 
-import shutil
 import time
 
-import nbformat
 import pytest
 from notebook_helpers import (
     NOTEBOOKS,
-    Course,
     errors_outside_grade_cells,
     execute,
     grade_cells,
-    is_free,
     kernel_environ,
-    solve,
+    nbgrader_round_trip,
 )
 
 from kubevirt_spawner.standalone import boot_lab_vm
@@ -75,42 +71,7 @@ def test_nbgrader_round_trip(lab_vm, kenv, tmp_path):
     solutions typed in. bob gets full marks, alice only the free points, and
     every check alice fails says why in one line (CheckFailed), not a traceback.
     """
-    course = Course.make(tmp_path, LABS, kenv)
-    for lab in LABS:
-        course.run(["generate_assignment", lab, "--force"])
-        course.run(["release_assignment", lab, "--force"])
-    for student in ("alice", "bob"):
-        home = course.student_dir(student)
-        for lab in LABS:
-            course.run(["fetch_assignment", lab], user=student, cwd=home)
-            if student == "bob":
-                nb_path = home / lab / f"{lab}.ipynb"
-                source = nbformat.read(NOTEBOOKS / "source" / lab / f"{lab}.ipynb", 4)
-                nbformat.write(solve(nbformat.read(nb_path, 4), source), nb_path)
-            course.run(["submit", lab, f"--student={student}"], user=student, cwd=home)
-    for lab in LABS:
-        course.run(["collect", lab])
-        course.run(["autograde", lab, "--force"])
-
-    problems = []
-    for lab in LABS:
-        max_scores = course.max_scores(lab)
-        bob = course.scores(lab, "bob")
-        if bob != max_scores:
-            problems.append(f"{lab}: bob (solutions) scored {bob}, expected {max_scores}")
-        released = nbformat.read(course.root / "release" / lab / f"{lab}.ipynb", 4)
-        free = {c.grade_id: c.points for c in grade_cells(released) if is_free(c)}
-        expected_alice = {gid: float(free.get(gid, 0)) for gid in max_scores}
-        alice = course.scores(lab, "alice")
-        if alice != expected_alice:
-            problems.append(f"{lab}: alice (untouched) scored {alice}, expected {expected_alice}")
-        graded = nbformat.read(course.root / "autograded" / "alice" / lab / f"{lab}.ipynb", 4)
-        for cell in grade_cells(graded):
-            if not cell.passed and not cell.error.startswith("CheckFailed: "):
-                problems.append(f"{lab}/{cell.grade_id}: untouched release failed without a "
-                                f"CheckFailed message: {cell.error}")  # fmt: skip
-            if not cell.passed:
-                print(f"alice {lab}/{cell.grade_id}: {cell.error}")
-        assert_vm_usable(lab_vm, f"autograding {lab}")
+    problems = nbgrader_round_trip(
+        tmp_path, LABS, kenv, after_lab=lambda lab: assert_vm_usable(lab_vm, f"autograding {lab}")
+    )
     assert problems == [], "\n".join(problems)
-    shutil.rmtree(course.root / "autograded", ignore_errors=True)
