@@ -48,8 +48,18 @@ def test_labvm_help_and_no_vm_message(nb):
 def test_student_tools_are_there(nb):
     for argv in (["strace", "-V"], ["ssh", "-V"], ["socat", "-V"], ["gcc", "--version"],
                  ["make", "--version"], ["qemu-system-x86_64", "--version"],
-                 ["gdb-multiarch", "--version"]):  # fmt: skip
+                 ["gdb-multiarch", "--version"], ["/bin/busybox", "true"]):  # fmt: skip
         nb.run(*argv, user="1000:100")
+
+
+def test_cross_compiles_static_programs_for_aarch64_vms(nb, tmp_path):
+    """What checks.compile_program runs for LAB_ARCH=aarch64, inside the image."""
+    (tmp_path / "hi.c").write_text('#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n')
+    os.chmod(tmp_path, 0o777)
+    nb.run("aarch64-linux-gnu-gcc", "-static", "-O1", "-o", "/work/hi", "/work/hi.c",
+           user="1000:100", volumes=(f"{tmp_path}:/work",))  # fmt: skip
+    elf = (tmp_path / "hi").read_bytes()[:20]
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
 
 
 def test_gdb_loads_the_vm_kernel_symbols_and_scripts(built, nb):
