@@ -17,6 +17,7 @@ import copy
 import json
 from collections.abc import Mapping
 
+from .arch import ARCHES
 from .cloudinit import CloudInit
 
 SSH_PORT = 22
@@ -46,7 +47,7 @@ SECRET_NETWORKDATA = "networkdata"
 SSH_MOUNT_PATH = "/etc/kubevirt-spawner/ssh"
 
 # KubeVirt's spelling of the architectures (VMI spec.architecture, node label).
-KUBE_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+KUBE_ARCH = {name: a.kube_arch for name, a in ARCHES.items()}  # from the one arch table
 
 
 def make_owner_reference(kind: str, api_version: str, name: str, uid: str) -> dict:

@@ -8,6 +8,7 @@ from hubctl import Hub
 from localhelpers import CLASH_PORT
 
 from kubevirt_spawner.guest import Guest, default_guest_dir
+from kubevirt_spawner.standalone import boot_lab_vm
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,11 @@ def hub(tmp_path_factory, guest):
                 print(f"teardown: stopping {user['name']} failed: {e}")
     h.stop()
     shutil.rmtree(h.runtime_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab_vm(guest, tmp_path_factory):
+    """One lab VM (no hub: kubevirt_spawner.standalone) for a whole test module."""
+    vm = boot_lab_vm(guest.root, rundir=tmp_path_factory.mktemp("vm"))
+    yield vm
+    vm.stop()

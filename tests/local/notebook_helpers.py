@@ -94,6 +94,15 @@ def is_free(cell: GradeCell) -> bool:
     return cell.source.lstrip().lower().startswith("# free point")
 
 
+def assert_vm_usable(lab_vm, after: str) -> None:
+    assert lab_vm.alive(), f"QEMU died after {after}:\n{lab_vm.console_tail()}"
+    res = lab_vm.vm.run("cat /proc/uptime", check=False)
+    assert res.returncode == 0, f"VM does not answer after {after}:\n{lab_vm.console_tail()}"
+    assert "Kernel panic" not in lab_vm.console_tail(200), f"kernel panicked in {after}"
+    oops = lab_vm.vm.run("dmesg | grep -E 'BUG:|Oops|WARNING:' || true").stdout.strip()
+    assert not oops, f"kernel complained during {after}: {oops}"
+
+
 # -- nbgrader, through its command line ------------------------------------
 
 

@@ -14,14 +14,13 @@ import time
 import pytest
 from notebook_helpers import (
     NOTEBOOKS,
+    assert_vm_usable,
     errors_outside_grade_cells,
     execute,
     grade_cells,
     kernel_environ,
     nbgrader_round_trip,
 )
-
-from kubevirt_spawner.standalone import boot_lab_vm
 
 pytestmark = pytest.mark.local
 
@@ -31,24 +30,8 @@ LABS = [p.name for p in sorted((NOTEBOOKS / "source").iterdir())
 
 
 @pytest.fixture(scope="module")
-def lab_vm(guest, tmp_path_factory):
-    vm = boot_lab_vm(guest.root, rundir=tmp_path_factory.mktemp("vm"))
-    yield vm
-    vm.stop()
-
-
-@pytest.fixture(scope="module")
 def kenv(lab_vm):
     return kernel_environ(lab_vm.env.to_environ())
-
-
-def assert_vm_usable(lab_vm, after: str) -> None:
-    assert lab_vm.alive(), f"QEMU died after {after}:\n{lab_vm.console_tail()}"
-    res = lab_vm.vm.run("cat /proc/uptime", check=False)
-    assert res.returncode == 0, f"VM does not answer after {after}:\n{lab_vm.console_tail()}"
-    assert "Kernel panic" not in lab_vm.console_tail(200), f"kernel panicked in {after}"
-    oops = lab_vm.vm.run("dmesg | grep -E 'BUG:|Oops|WARNING:' || true").stdout.strip()
-    assert not oops, f"kernel complained during {after}: {oops}"
 
 
 @pytest.mark.parametrize("lab", LABS)

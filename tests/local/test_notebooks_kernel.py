@@ -21,26 +21,17 @@ import time
 import pytest
 from notebook_helpers import (
     NOTEBOOKS,
+    assert_vm_usable,
     errors_outside_grade_cells,
     execute,
     grade_cells,
     kernel_environ,
     nbgrader_round_trip,
 )
-from test_notebooks import assert_vm_usable
-
-from kubevirt_spawner.standalone import boot_lab_vm
 
 pytestmark = pytest.mark.local
 
 KERNEL_LABS = ["lab4", "lab8"]
-
-
-@pytest.fixture(scope="module")
-def lab_vm(guest, tmp_path_factory):
-    vm = boot_lab_vm(guest.root, rundir=tmp_path_factory.mktemp("vm"))
-    yield vm
-    vm.stop()
 
 
 @pytest.fixture(scope="module")
