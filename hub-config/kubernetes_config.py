@@ -7,36 +7,55 @@ hub.extraConfig in values.yaml. Settings an operator changes per site are
 read from the environment so the file itself stays untouched.
 """
 
-import os
+import sys
+
+from kubevirt_spawner import envsettings
+from kubevirt_spawner.kubevirt.vmimages import DEFAULT_VM_IMAGES
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
-c.JupyterHub.spawner_class = "kubevirt"  # kubevirt_spawner:KubeVirtSpawner (entry point)
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_NAME = rf"{DNS_LABEL}(\.{DNS_LABEL})*"
+# Everything the environment may change, checked before anything is made
+# (a wrong value stops the hub with one line naming the variable).
+try:
+    ns = envsettings.text("KVS_NAMESPACE", "", DNS_LABEL, "a namespace name (a DNS label)")
+    ns = ns or envsettings.text("POD_NAMESPACE", "jupyterhub", DNS_LABEL, "a namespace name")
+    notebook_image = envsettings.text(
+        "KVS_NOTEBOOK_IMAGE",
+        "registry.example.edu/lab/kubevirt-spawner-notebook:0.1",
+        r"[a-z0-9][a-z0-9._/:-]*[a-z0-9](:[A-Za-z0-9_][A-Za-z0-9_.-]*)?(@sha256:[0-9a-f]{64})?",
+        "a container image (registry/name:tag)",
+    )
+    cluster_domain = envsettings.text(
+        "KVS_CLUSTER_DOMAIN", "cluster.local", DNS_NAME, "a DNS domain"
+    )
+    # sidecar (KubeVirt `Sidecar` gate), plugin (KubeVirt >= 1.9 `Plugins` gate)
+    # or patched: see docs/cluster-apiserver.md, "The debug hook".
+    debug_hook = envsettings.choice(
+        "KVS_DEBUG_HOOK", "sidecar", ("sidecar", "plugin", "patched", "none")
+    )
+    # Under TCG (useEmulation) a cloud image needs a few minutes to boot.
+    start_timeout = envsettings.integer("KVS_START_TIMEOUT", 600, minimum=30)
+    IMAGES = envsettings.text(
+        "KVS_VM_REGISTRY",
+        "registry.example.edu/lab",
+        r"[a-z0-9][a-z0-9._/:-]*[a-z0-9]",
+        "a registry prefix (host[:port]/path)",
+    )
+except envsettings.EnvError as e:
+    sys.exit(f"kubernetes_config.py: {e}")
 
-ns = os.environ.get("KVS_NAMESPACE") or os.environ.get("POD_NAMESPACE", "jupyterhub")
+c.JupyterHub.spawner_class = "kubevirt"  # kubevirt_spawner:KubeVirtSpawner (entry point)
 c.KubeVirtSpawner.namespace = ns
-c.KubeVirtSpawner.image = os.environ.get(
-    "KVS_NOTEBOOK_IMAGE", "registry.example.edu/lab/kubevirt-spawner-notebook:0.1"
-)
-c.KubeVirtSpawner.cluster_domain = os.environ.get("KVS_CLUSTER_DOMAIN", "cluster.local")
-# sidecar (KubeVirt `Sidecar` gate), plugin (KubeVirt >= 1.9 `Plugins` gate) or
-# patched: see kubevirt-build/README.md.
-c.KubeVirtSpawner.vm_debug_hook = os.environ.get("KVS_DEBUG_HOOK", "sidecar")
-# Under TCG (useEmulation) a cloud image needs a few minutes to boot.
-c.KubeVirtSpawner.start_timeout = int(os.environ.get("KVS_START_TIMEOUT", "600"))
+c.KubeVirtSpawner.image = notebook_image
+c.KubeVirtSpawner.cluster_domain = cluster_domain
+c.KubeVirtSpawner.vm_debug_hook = debug_hook
+c.KubeVirtSpawner.start_timeout = start_timeout
 c.KubeVirtSpawner.vm_cpus = 2
 c.KubeVirtSpawner.vm_memory = "2Gi"
-
-IMAGES = os.environ.get("KVS_VM_REGISTRY", "registry.example.edu/lab")
 c.KubeVirtSpawner.vm_images = {
-    "debian-12": {
-        "containerdisk": {
-            "x86_64": "quay.io/containerdisks/debian:12",
-            "aarch64": "quay.io/containerdisks/debian:12",
-        },
-        "vmlinux": "/opt/lab/kernels/debian-12/{arch}/vmlinux",
-        "kdir": "/opt/lab/kernels/debian-12/{arch}/build",
-    },
+    **DEFAULT_VM_IMAGES,  # debian-12
     "openeuler-22.03": {
         # Built by images/ (not published upstream as a containerDisk).
         "containerdisk": {

@@ -11,10 +11,32 @@ import secrets
 import sys
 from pathlib import Path
 
+from kubevirt_spawner import envsettings, hubchild
+from kubevirt_spawner.hubconfig import add_lab_manager, configure_course, course_settings
+
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
 repo = Path(__file__).resolve().parent.parent
-state = Path(os.environ.get("KVS_DEMO_STATE", repo / ".demo"))
+# Everything the environment may change, checked before anything is made
+# (a wrong value stops the hub with one line naming the variable).
+try:
+    state = Path(envsettings.absolute_path("KVS_DEMO_STATE", str(repo / ".demo")))
+    ip = envsettings.text("KVS_DEMO_IP", "127.0.0.1", r"[0-9a-fA-F.:]+", "an IP address")
+    ports = {
+        name: envsettings.port(name, default)
+        for name, default in (
+            ("KVS_DEMO_PORT", 8000),
+            ("KVS_DEMO_HUB_PORT", 8081),
+            ("KVS_DEMO_PROXY_API_PORT", 8001),
+            ("KVS_LAB_MANAGER_PORT", 10101),
+        )
+    }
+    if os.getuid() != 0:  # without root the course stays beside the demo's state
+        os.environ.setdefault("KVS_COURSE_ROOT", str(state / "course"))
+        os.environ.setdefault("KVS_NBGRADER_EXCHANGE", str(state / "exchange"))
+    course_settings()  # the KVS_COURSE_* variables, checked now
+except envsettings.EnvError as e:
+    sys.exit(f"make demo: {e}")
 state.mkdir(mode=0o700, exist_ok=True)
 
 
@@ -35,14 +57,19 @@ c.SharedPasswordAuthenticator.admin_password = passwords["instructor"]
 c.Authenticator.admin_users = {"instructor"}
 c.Authenticator.allow_all = True
 
-c.JupyterHub.ip = os.environ.get("KVS_DEMO_IP", "127.0.0.1")
-c.JupyterHub.port = int(os.environ.get("KVS_DEMO_PORT", "8000"))
+c.JupyterHub.ip = ip
+c.JupyterHub.port = ports["KVS_DEMO_PORT"]
+# The hub's own API and the proxy's API (JupyterHub's defaults; tests move them).
+c.JupyterHub.hub_port = ports["KVS_DEMO_HUB_PORT"]
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{ports['KVS_DEMO_PROXY_API_PORT']}"
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "cookie_secret")
 c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
-c.ConfigurableHTTPProxy.command = [
-    str(repo / ".venv/node/node_modules/.bin/configurable-http-proxy")
-]
+# The proxy and the services end with the hub, however it ends (a failed
+# start, Ctrl-C, a crash): see kubevirt_spawner/hubchild.py.
+c.ConfigurableHTTPProxy.command = hubchild.command(
+    os.getpid(), [str(repo / ".venv/node/node_modules/.bin/configurable-http-proxy")]
+)
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
 
 c.JupyterHub.spawner_class = "localvm"
@@ -54,6 +81,11 @@ c.Spawner.http_timeout = 120
 # console sockets are private (needs root; as another user all students
 # share that account, which is fine for trying it out alone).
 c.LocalVMSpawner.create_system_users = True
+# Each student's VM and JupyterLab together, in a cgroup of their own: one
+# student's runaway build or fork bomb cannot starve the others.
+c.LocalVMSpawner.cpu_limit = 1.0
+c.LocalVMSpawner.mem_limit = "2G"
+c.LocalVMSpawner.pids_limit = 1024
 c.LocalVMSpawner.profile_list = [
     {
         "display_name": "Kernel labs",
@@ -76,17 +108,15 @@ c.LocalVMSpawner.profile_list = [
     },
 ]
 
-# The lab manager (dashboard, students' VM API, reaper, abuse monitor): manager_service.py
-lab_manager = __import__("runpy").run_path(str(repo / "hub-config/manager_service.py"))
-lab_manager["add_lab_manager"](c, port=int(os.environ.get("KVS_LAB_MANAGER_PORT", "10101")), args=[f"--db={state / 'lab-manager.sqlite'}"])  # fmt: skip
+# The lab manager (dashboard, students' VM API, reaper, abuse monitor).
+add_lab_manager(
+    c, port=ports["KVS_LAB_MANAGER_PORT"], args=[f"--db={state / 'lab-manager.sqlite'}"]
+)
 
-# The nbgrader course (nbgrader_course.py): student and grader groups, the
-# graders' course service (JupyterLab + formgrader as the course account), the
-# exchange. Without root it all stays beside the demo's state.
-if os.getuid() != 0:
-    os.environ.setdefault("KVS_COURSE_ROOT", str(state / "course"))
-    os.environ.setdefault("KVS_NBGRADER_EXCHANGE", str(state / "exchange"))
-exec(open(repo / "hub-config/nbgrader_course.py").read())  # applies itself to c
+# The nbgrader course: student and grader groups, the graders' course
+# service (JupyterLab + formgrader as the course account, which releases the
+# labs and keeps a grading VM), the exchange.
+configure_course(c, notebooks=repo / "notebooks")
 
 print(
     "\n=== kubevirt-spawner demo ===\n"

@@ -7,7 +7,7 @@
 #
 # Targets, each cached by a hash of its inputs under $KVS_CACHE_DIR/images:
 #   base       localhost/kvs-debian-base:<key>     debootstrap --variant=minbase bookworm
-#   vm-kernel  vmkernel-<key>/                      lab kernel + vm-kernel.config (disk, systemd)
+#   vm-kernel  vmkernel-<key>/                      the lab kernel (images/guest/build.sh), staged
 #   vm-debian  localhost/kubevirt-spawner-vm-debian:<key>  containerDisk (/disk/disk.qcow2)
 #   notebook   localhost/kubevirt-spawner-notebook:<key>   JupyterLab, gdb, toolchain, LAB_KDIR trees
 #   hub        localhost/kubevirt-spawner-hub:<key>        hub base + this package
@@ -113,34 +113,23 @@ EOF
   rm -rf "$root"
 }
 
-# -- the lab kernel with disk support --------------------------------------
-kernel_key=$( { pkgver linux-source-6.1 gcc; cat "$repo/images/guest/lab-kernel.config" "$here/vm-common/vm-kernel.config"; fn_text build_vm_kernel; fn_text export_kdir; } | hash16)
+# -- the lab kernel ----------------------------------------------------------
+# One x86_64 kernel serves the local guest (initramfs) and the VM disk (ext4
+# root through GRUB): images/guest/build.sh builds and caches it (seconds when
+# warm). Here it is only staged: modules installed for the disk, and the
+# trimmed tree (export_kdir) that the notebook image bakes as LAB_KDIR.
+src_kdir=$(readlink -f "$("$repo/images/guest/build.sh" --print-dir)/kdir") \
+  || die "the lab kernel (images/guest/build.sh) failed"
+kernel_key=$( { basename "$src_kdir"; fn_text stage_vm_kernel; fn_text export_kdir; } | hash16)
 kdir=$out/vmkernel-$kernel_key
-build_vm_kernel() {
-  # Built in its final directory, as images/guest/build.sh does (vmlinux's
-  # debug info names paths in it); kernel.done marks a finished build.
-  if [ ! -f "$kdir/Makefile" ]; then
-    rm -rf "$kdir"; mkdir -p "$kdir"
-    log "extracting linux-source into $kdir"
-    tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$kdir" --strip-components=1
-  fi
-  cd "$kdir"
-  make -s tinyconfig >/dev/null
-  scripts/kconfig/merge_config.sh -m -O . .config "$repo/images/guest/lab-kernel.config" "$here/vm-common/vm-kernel.config" >/dev/null
-  make -s olddefconfig
-  local bad=0 line
-  while IFS= read -r line; do
-    case "$line" in CONFIG_*=*) grep -qxF "$line" .config || { log "option not set: $line"; bad=1; } ;; esac
-  done < <(cat "$repo/images/guest/lab-kernel.config" "$here/vm-common/vm-kernel.config" | grep -v '^CONFIG_LOCALVERSION=' ; grep '^CONFIG_LOCALVERSION=' "$here/vm-common/vm-kernel.config")
-  [ $bad = 0 ] || die "vm-kernel.config asks for options the kernel would not take"
-  log "building the VM kernel with -j$jobs (5-10 minutes on 2 cores)"
-  make -s -j"$jobs" bzImage modules scripts_gdb KBUILD_BUILD_TIMESTAMP='2024-01-01' KBUILD_BUILD_USER=lab KBUILD_BUILD_HOST=kubevirt-spawner
-  make -s kernelrelease > kernelrelease
-  rm -rf staging
-  make -s modules_install INSTALL_MOD_PATH="$kdir/staging" INSTALL_MOD_STRIP=1 >/dev/null
-  export_kdir "$kdir" "$kdir/export"
-  touch kernel.done
-  cd /
+stage_vm_kernel() {
+  local tmp=$kdir.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  make -s -C "$src_kdir" modules_install INSTALL_MOD_PATH="$tmp/staging" INSTALL_MOD_STRIP=1 >/dev/null
+  export_kdir "$src_kdir" "$tmp/export"
+  cp "$src_kdir/kernelrelease" "$tmp/kernelrelease"
+  rm -rf "$kdir"; mv "$tmp" "$kdir"
+  touch "$kdir/kernel.done"
 }
 
 # export_kdir TREE DEST: the part of a built kernel tree that out-of-tree
@@ -187,9 +176,9 @@ build_vm_debian() {
   cp "$here/vm-debian/Dockerfile" "$c/"
   cp -r "$here/vm-common" "$c/vm-common"
   mkdir -p "$c/kernel/boot" "$c/kernel/usr/lib/modules"
-  cp "$kdir/arch/x86/boot/bzImage" "$c/kernel/boot/vmlinuz-$rel"
-  cp "$kdir/System.map" "$c/kernel/boot/System.map-$rel"
-  cp "$kdir/.config" "$c/kernel/boot/config-$rel"
+  cp "$src_kdir/arch/x86/boot/bzImage" "$c/kernel/boot/vmlinuz-$rel"
+  cp "$src_kdir/System.map" "$c/kernel/boot/System.map-$rel"
+  cp "$src_kdir/.config" "$c/kernel/boot/config-$rel"
   cp -a "$kdir/staging/lib/modules/$rel" "$c/kernel/usr/lib/modules/"
   rm -f "$c/kernel/usr/lib/modules/$rel/build" "$c/kernel/usr/lib/modules/$rel/source"
   bud vm-debian "$vmd_tag" "$c"
@@ -225,7 +214,7 @@ build_hub() {
   cp "$here/hub/Dockerfile" "$c/"
   make_wheel "$c/dist"
   # Not the z2jh hub image (no registry here): a stand-in with the same
-  # layout (Python on PATH, jupyterhub installed, user 1000). See README.
+  # layout (Python on PATH, jupyterhub installed, user 1000). See docs/images.md.
   local saved=$base_tag; base_tag=$hubbase_tag
   bud hub "$hub_tag" "$c"
   base_tag=$saved
@@ -238,7 +227,7 @@ write_index() {
 {
   "storage": {"root": "$out/storage", "runroot": "$out/run", "driver": "overlay"},
   "base": "$base_tag",
-  "vm_kernel": {"dir": "$kdir", "release": "$rel"},
+  "vm_kernel": {"dir": "$src_kdir", "release": "$rel"},
   "vm-debian": "$vmd_tag",
   "notebook": "$nb_tag",
   "hub": "$hub_tag"
@@ -256,7 +245,7 @@ flock 9
 start=$(date +%s)
 want() { local t; for t in "${targets[@]}"; do [ "$t" = "$1" ] && return 0; done; return 1; }
 need_base() { has_image "$base_tag" && log "base $base_key cached" || { t0=$(date +%s); build_base; log "base built in $(( $(date +%s) - t0 ))s"; }; }
-need_kernel() { [ -f "$kdir/kernel.done" ] && log "VM kernel $kernel_key cached" || { t0=$(date +%s); build_vm_kernel; log "VM kernel built in $(( $(date +%s) - t0 ))s"; }; }
+need_kernel() { [ -f "$kdir/kernel.done" ] && log "VM kernel $kernel_key staged" || { t0=$(date +%s); stage_vm_kernel; log "VM kernel staged in $(( $(date +%s) - t0 ))s"; }; }
 
 if want base || want vm-debian || want notebook || want hub; then need_base; fi
 if want vm-kernel || want vm-debian || want notebook; then need_kernel; fi

@@ -10,11 +10,11 @@ def __getattr__(name):
     # environments that have neither JupyterHub's spawner machinery loaded nor
     # the Kubernetes client installed.
     if name == "LocalVMSpawner":
-        from .localvm import LocalVMSpawner
+        from .local.spawner import LocalVMSpawner
 
         return LocalVMSpawner
     if name == "KubeVirtSpawner":
-        from .kubevirt import KubeVirtSpawner
+        from .kubevirt.spawner import KubeVirtSpawner
 
         return KubeVirtSpawner
     raise AttributeError(name)

@@ -53,7 +53,7 @@ ARCHES: dict[str, Arch] = {
             "__arm64_sys_",
             False,
         ),
-    )  # fmt: skip
+    )
 }
 
 

@@ -254,8 +254,11 @@ def changed(dest: str | os.PathLike) -> list[str]:
                 continue
             original = kdir / rel
             if original.exists():
-                if (original.stat().st_mtime < started and not original.is_symlink()
-                        and original.read_bytes() != full.read_bytes()):  # fmt: skip
+                if (
+                    original.stat().st_mtime < started
+                    and not original.is_symlink()
+                    and original.read_bytes() != full.read_bytes()
+                ):
                     found.append(rel)
             elif _looks_like_source(rel):
                 found.append(rel)

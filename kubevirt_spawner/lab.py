@@ -1,103 +1,35 @@
 """The student's side of the lab VM: what ``labvm``, notebooks and graders use.
 
 Everything reads the ``LAB_*`` environment the spawner gives the notebook
-server (see DESIGN.md), so it works the same on both backends. Failures
+server (see docs/design.md), so it works the same on both backends. Failures
 raise ``LabError`` with one sentence a student can act on.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import consolelog, modrecords
 from .arch import ARCHES
 
-NO_VM_MESSAGE = "This server has no VM (its profile runs labs in the notebook environment only)."
-
-
-class LabError(Exception):
-    """A failure explained in one sentence for the student."""
-
-
-class NoVMError(LabError):
-    """The server was started without a VM."""
-
-
-@dataclass(frozen=True)
-class LabEnv:
-    """The ``LAB_*`` contract between a spawner and the notebook server."""
-
-    vm_host: str
-    ssh_port: int
-    gdb_remote: str
-    vmlinux: str
-    kdir: str
-    arch: str
-    ssh_key: str
-    known_hosts: str
-    backend: str = "local"
-    console_socket: str = ""
-    console_log: str = ""
-    qmp_socket: str = ""
-    initrd: str = ""
-
-    _NAMES = {
-        "vm_host": "LAB_VM_HOST",
-        "ssh_port": "LAB_VM_SSH_PORT",
-        "gdb_remote": "LAB_GDB_REMOTE",
-        "vmlinux": "LAB_VMLINUX",
-        "kdir": "LAB_KDIR",
-        "arch": "LAB_ARCH",
-        "ssh_key": "LAB_SSH_KEY",
-        "known_hosts": "LAB_SSH_KNOWN_HOSTS",
-        "backend": "LAB_BACKEND",
-        "console_socket": "LAB_VM_CONSOLE",
-        "console_log": "LAB_VM_CONSOLE_LOG",
-        "qmp_socket": "LAB_VM_QMP",
-        "initrd": "LAB_VM_INITRD",
-    }
-
-    def to_environ(self) -> dict[str, str]:
-        """The environment variables for the notebook server (empty values left out)."""
-        env = {name: str(getattr(self, attr)) for attr, name in self._NAMES.items()}
-        return {k: v for k, v in env.items() if v}
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> LabEnv:
-        env = os.environ if environ is None else environ
-        if not env.get("LAB_VM_HOST"):
-            raise NoVMError(NO_VM_MESSAGE)
-        values = {attr: env.get(name, "") for attr, name in cls._NAMES.items()}
-        try:
-            values["ssh_port"] = int(values["ssh_port"] or 22)
-        except ValueError:
-            raise LabError(
-                f"LAB_VM_SSH_PORT is not a port number: {values['ssh_port']!r}"
-            ) from None
-        values["backend"] = values["backend"] or "local"
-        return cls(**values)
-
-
-def ssh_argv(env: LabEnv, command: str | None = None, tty: bool = False) -> list[str]:
-    """The ssh command line that logs into the VM as root (runs ``command`` if given)."""
-    argv = [
-        "ssh", "-i", env.ssh_key, "-p", str(env.ssh_port),
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={env.known_hosts}",
-        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
-        "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=6",
-        "-t" if tty else "-T", f"root@{env.vm_host}",
-    ]  # fmt: skip
-    return argv + ([command] if command is not None else [])
+# The LAB_* contract, re-exported: released notebooks and graders import these from here.
+from .contract import (  # noqa: F401
+    MARK_PANIC,
+    MARK_SSH_READY,
+    NO_VM_MESSAGE,
+    LabEnv,
+    LabError,
+    NoVMError,
+    ssh_argv,
+)
+from .qmp import qmp_command
 
 
 def gdb_binary(arch: str) -> str:
@@ -144,25 +76,6 @@ class RunResult:
     stderr: str
 
 
-def qmp_command(socket_path: str, command: str, timeout: float = 10.0) -> dict:
-    """Send one QMP command to QEMU's monitor socket; return its reply."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(socket_path)
-        f = s.makefile("rwb")
-        json.loads(f.readline())  # greeting
-        for cmd in ("qmp_capabilities", command):
-            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
-            f.flush()
-            while True:
-                reply = json.loads(f.readline())
-                if "event" not in reply:
-                    break
-            if "error" in reply:
-                raise LabError(f"QEMU refused {cmd}: {reply['error'].get('desc')}")
-        return reply
-
-
 class LabVM:
     """The student's VM, reached over ssh and gdb as the ``LAB_*`` environment says."""
 
@@ -182,8 +95,11 @@ class LabVM:
             raise LabError(f"'{command}' did not finish in the VM within {timeout:.0f}s.") from None
         except FileNotFoundError:
             raise LabError("ssh is not installed in this environment.") from None
-        res = RunResult(proc.returncode, proc.stdout.decode(errors="replace"),
-                        proc.stderr.decode(errors="replace"))  # fmt: skip
+        res = RunResult(
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
         if proc.returncode == 255:
             raise LabError(
                 "Cannot reach your VM over ssh"
@@ -224,20 +140,77 @@ class LabVM:
         return self.run("dmesg").stdout
 
     def insmod(self, path: str | os.PathLike, *params: str) -> str:
-        """Push and load a module; return what it printed to the kernel log."""
+        """Push and load a module; return what it printed to the kernel log.
+
+        The module is remembered for ``labvm oops`` (``modrecords``): a copy
+        of the .ko before it loads, its section addresses after. A load that
+        crashes the kernel raises a LabError saying where."""
+        from . import oops
+
         ko = Path(path)
         if ko.suffix != ".ko":
             raise LabError(f"{ko} is not a kernel module (expected a .ko file).")
         (remote,) = self.push(ko)
+        try:
+            record = modrecords.remember(ko)
+        except OSError:
+            record = None  # an unwritable home: the module loads, its oops stays raw
         before = len(self.dmesg().splitlines())
-        res = self.run(f"insmod {shlex.quote(remote)} {' '.join(map(shlex.quote, params))}",
-                       check=False)  # fmt: skip
-        added = "\n".join(self.dmesg().splitlines()[before:])
-        if res.returncode != 0:
-            said = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
-            kernel = f" The kernel said: {added.strip().splitlines()[-1]}" if added.strip() else ""
-            raise LabError(f"The VM rejected {ko.name}: {said[0]}.{kernel}")
-        return added
+        offset = oops.console_offset(self.env)
+        name = modrecords.module_name(ko)
+        # One ssh: load, then (only if it loaded) where its sections are.
+        command = (
+            f"insmod {shlex.quote(remote)} {' '.join(map(shlex.quote, params))} "
+            f"&& {{ {modrecords.sections_command(name)}; }}"
+        )
+        res = added = None
+        try:
+            res = self.run(command, check=False)
+            added = "\n".join(self.dmesg().splitlines()[before:])
+        except LabError:
+            pass  # ssh's 255: the kernel went down (a panic, maybe just after insmod)
+        loaded = res is not None and res.returncode == 0
+        if loaded and added is not None:
+            if record is not None:
+                self._commit(record, modrecords.parse_sections(res.stdout))
+            return added
+        # Killed, segfaulted, or the VM went down: did the kernel oops?
+        crash = oops.report_since(self.env, offset)
+        if crash is None and offset is None and self.is_up():
+            crash = oops.last_report("\n".join(self.dmesg().splitlines()[before:]))
+        if crash is not None:
+            if record is not None:  # first, so that the decoding finds the module
+                self._commit(record, self._sections_after_crash(name, res if loaded else None))
+            said = oops.describe(self.env, crash)
+            raise LabError(f"Loading {ko.name} crashed the kernel: {said}")
+        if record is not None:
+            modrecords.discard(record)
+        if res is None or added is None:
+            raise LabError(
+                f"Your VM stopped answering while loading {ko.name}. `labvm console` shows "
+                "what it printed; `labvm reset` restarts it."
+            )
+        said = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["no output"]
+        kernel = f" The kernel said: {added.strip().splitlines()[-1]}" if added.strip() else ""
+        raise LabError(f"The VM rejected {ko.name}: {said[0]}.{kernel}")
+
+    def _sections_after_crash(self, name: str, res: RunResult | None) -> dict[str, int]:
+        if res is not None:
+            return modrecords.parse_sections(res.stdout)
+        try:
+            # The VM may have lived (an oops, not a panic): the module stays, half loaded.
+            return modrecords.parse_sections(
+                self.run(modrecords.sections_command(name), check=False).stdout
+            )
+        except LabError:
+            return {}
+
+    @staticmethod
+    def _commit(record: modrecords.ModuleRecord, sections: dict[str, int]) -> None:
+        try:
+            modrecords.commit(record, sections)
+        except OSError:
+            pass  # not kept: an oops of this module stays undecoded, and says so
 
     def rmmod(self, name: str) -> str:
         before = len(self.dmesg().splitlines())
@@ -261,39 +234,41 @@ class LabVM:
 
         argv = gdb_argv(self.env, plain=True)
         child = pexpect.spawn(
-            argv[0], argv[1:], encoding="utf-8", timeout=timeout, dimensions=(50, 200),
+            argv[0],
+            argv[1:],
+            encoding="utf-8",
+            timeout=timeout,
+            dimensions=(50, 200),
             env={**os.environ, "TERM": "dumb"},
-        )  # fmt: skip
+        )
         child.expect_exact("(gdb) ")
         return child
 
     # -- VM power -------------------------------------------------------
     def status(self) -> dict:
         up = self.is_up()
-        info = {"backend": self.env.backend, "arch": self.env.arch, "ssh": up,
-                "host": self.env.vm_host, "ssh_port": self.env.ssh_port}  # fmt: skip
+        info = {
+            "backend": self.env.backend,
+            "arch": self.env.arch,
+            "ssh": up,
+            "host": self.env.vm_host,
+            "ssh_port": self.env.ssh_port,
+        }
         if up:
             info["kernel"] = self.run("uname -r").stdout.strip()
             info["uptime"] = self.run("cut -d' ' -f1 /proc/uptime").stdout.strip()
         return info
 
     def _console_size(self) -> int:
-        try:
-            return os.path.getsize(self.env.console_log)
-        except OSError:
-            return 0
+        return consolelog.size(self.env.console_log)
 
     def wait_ready(self, timeout: float = 120, console_offset: int | None = None) -> None:
         """Wait until the VM answers ssh again (after a reset or a kexec)."""
         deadline = time.monotonic() + timeout
         if self.env.console_log and console_offset is not None:
-            from .qemu import MARK_SSH_READY
-
             while time.monotonic() < deadline:
-                with open(self.env.console_log, "rb") as f:
-                    f.seek(console_offset)
-                    if MARK_SSH_READY.encode() in f.read():
-                        break
+                if consolelog.has_marker(self.env.console_log, MARK_SSH_READY, console_offset):
+                    break
                 time.sleep(0.2)
         while time.monotonic() < deadline:
             if self.is_up(timeout=min(15, max(1, deadline - time.monotonic()))):
@@ -308,7 +283,7 @@ class LabVM:
         """Restart the VM on the course kernel with a fresh root filesystem."""
         if not self.env.qmp_socket:
             # No monitor socket here (cluster): the lab manager resets the VM for us.
-            from .manager.client import ManagerError, reset_vm
+            from .managerclient import ManagerError, reset_vm
 
             try:
                 reset_vm(timeout)
@@ -356,8 +331,6 @@ class LabVM:
         subprocess.run(ssh_argv(self.env, "sync; kexec -e"), capture_output=True, timeout=60)
         self.wait_ready(timeout, console_offset=offset if self.env.console_log else None)
         if self.env.console_log:
-            from .qemu import MARK_PANIC
-
             with open(self.env.console_log, "rb") as f:
                 f.seek(offset)
                 if MARK_PANIC.encode() in f.read():

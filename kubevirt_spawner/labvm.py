@@ -1,7 +1,9 @@
 """``labvm``: the student's command for their lab VM.
 
     labvm status | ssh [CMD...] | console | gdb | push FILE... [--to DIR]
-          insmod FILE.ko [PARAM=VALUE...] | dmesg | boot-kernel BZIMAGE | reset
+          insmod FILE.ko [PARAM=VALUE...] | dmesg | oops [--raw]
+          boot-kernel BZIMAGE | reset
+          snapshot {save NAME | list | restore NAME | rm NAME} | suspend
           kernel-tree {init [DIR] | edit FILE... | restore FILE... | diff}
 
 Errors are one line on stderr and a non-zero exit (1: the VM or the request
@@ -15,7 +17,7 @@ import os
 import shutil
 import sys
 
-from . import kerneltree
+from . import kerneltree, oops
 from .lab import LabEnv, LabError, LabVM, gdb_argv, ssh_argv
 
 DESCRIPTION = "Work with your lab VM: run commands in it, load modules, debug its kernel."
@@ -37,9 +39,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("module", metavar="FILE.ko")
     s.add_argument("params", nargs="*", metavar="PARAM=VALUE")
     sub.add_parser("dmesg", help="the VM's kernel log")
+    s = sub.add_parser(
+        "oops",
+        help="the VM's last Oops/BUG/panic, decoded to your source lines",
+        description="Find the last Oops, BUG or kernel panic the VM printed (also after it "
+        "restarted) and decode its call trace against the course kernel and the modules "
+        "you loaded with `labvm insmod`: the faulting function, its file:line and that "
+        "line, and the call chain.",
+    )
+    s.add_argument("--raw", action="store_true", help="also print the report as the kernel did")
     s = sub.add_parser("boot-kernel", help="boot the VM on your own bzImage (kexec)")
     s.add_argument("bzimage", metavar="BZIMAGE")
     sub.add_parser("reset", help="restart the VM afresh on the course kernel")
+    s = sub.add_parser(
+        "snapshot",
+        help="checkpoints of the running VM (e.g. before a risky insmod)",
+        description="Save the whole running VM (memory, loaded modules, files in its "
+        "/tmp) under a name, and go back to it later.",
+    )
+    ss = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ss.add_parser("save", help="checkpoint the VM as NAME").add_argument("name", metavar="NAME")
+    ss.add_parser("list", help="your checkpoints and the space they use")
+    ss.add_parser("restore", help="go back to checkpoint NAME").add_argument("name", metavar="NAME")
+    ss.add_parser("rm", help="remove checkpoint NAME").add_argument("name", metavar="NAME")
+    sub.add_parser(
+        "suspend",
+        help="stop your server, saving the VM; the next start resumes it where you left off",
+    )
     k = sub.add_parser(
         "kernel-tree",
         help="your own editable copy of the course kernel tree (lab 4)",
@@ -47,8 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(LAB_KDIR) until you edit them, build outputs ready, so `make bzImage` "
         "rebuilds only what you changed.",
     )
-    k.add_argument("--tree", metavar="DIR", default=None,
-                   help="the tree to act on (default: the one you are in, else ~/linux)")  # fmt: skip
+    k.add_argument(
+        "--tree",
+        metavar="DIR",
+        default=None,
+        help="the tree to act on (default: the one you are in, else ~/linux)",
+    )
     ks = k.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = ks.add_parser("init", help="make the tree (default ~/linux)")
     s.add_argument("dir", nargs="?", metavar="DIR")
@@ -106,9 +136,11 @@ def kernel_tree(args: argparse.Namespace) -> int:
             dest = os.path.expanduser(args.dir or args.tree or DEFAULT_TREE)
             print(f"Making {dest} from {kdir} ...", file=sys.stderr)
             done = kerneltree.create(kdir, dest)
-            print(f"{done.dest}: {done.linked} links, {done.copied} build files copied "
-                  f"({done.copied_bytes / 1e6:.0f} MB). Next: cd {done.dest}; "
-                  "labvm kernel-tree edit FILE; make -j$(nproc) bzImage")  # fmt: skip
+            print(
+                f"{done.dest}: {done.linked} links, {done.copied} build files copied "
+                f"({done.copied_bytes / 1e6:.0f} MB). Next: cd {done.dest}; "
+                "labvm kernel-tree edit FILE; make -j$(nproc) bzImage"
+            )
             return 0
         tree = _find_tree(args.tree)
         if args.action == "edit":
@@ -128,10 +160,44 @@ def _from_cwd(path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
+def snapshot(env: LabEnv, args: argparse.Namespace) -> int:
+    from .checkpoints import Checkpoints, format_list
+    from .vmstate import human, usage
+
+    cps = Checkpoints(env)
+    if args.action == "list":
+        print(format_list(cps.list(), usage(env.state_dir), env.state_quota))
+    elif args.action == "save":
+        entry, replaced = cps.save(args.name)
+        size = human(entry.get("vm-state-size", 0))
+        print(
+            f"Saved checkpoint {args.name} ({size}){', replacing the old one' if replaced else ''}."
+        )
+    elif args.action == "restore":
+        cps.restore(args.name)
+        print(f"VM restored to checkpoint {args.name}.")
+    elif args.action == "rm":
+        cps.remove(args.name)
+        print(f"Removed checkpoint {args.name}.")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.command == "kernel-tree":
         return kernel_tree(args)
     env = LabEnv.from_environ()
+    if args.command == "snapshot":
+        return snapshot(env, args)
+    if args.command == "suspend":
+        from .checkpoints import request_suspend
+
+        print(
+            "Suspending: your server stops and the VM is saved; start it again from "
+            "the hub to resume where you left off.",
+            file=sys.stderr,
+        )
+        request_suspend(env)
+        return 0
     vm = LabVM(env)
     cmd = args.command
     if cmd == "status":
@@ -163,6 +229,10 @@ def run(args: argparse.Namespace) -> int:
         print(vm.insmod(args.module, *args.params), end="")
     elif cmd == "dmesg":
         print(vm.dmesg(), end="")
+    elif cmd == "oops":
+        if args.raw:
+            print("\n".join(oops.find_report(env).lines), end="\n\n")
+        print(oops.explain(env), end="")
     elif cmd == "boot-kernel":
         print(f"VM now runs {vm.boot_kernel(args.bzimage)}")
     elif cmd == "reset":

@@ -100,8 +100,14 @@ def to_notebook(cells: list[dict], lab: str) -> dict:
         if kind == "markdown":
             cell = {"cell_type": "markdown", "id": cell_id, "metadata": meta, "source": source}
         else:
-            cell = {"cell_type": "code", "execution_count": None, "id": cell_id,
-                    "metadata": meta, "outputs": [], "source": source}  # fmt: skip
+            cell = {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": cell_id,
+                "metadata": meta,
+                "outputs": [],
+                "source": source,
+            }
         out.append(cell)
     return {
         "cells": out,

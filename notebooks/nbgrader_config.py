@@ -1,6 +1,6 @@
 """nbgrader configuration of the lab course (this directory is the course root).
 
-Instructors run nbgrader from here (or from a copy of it); see the README's
+Instructors run nbgrader from here (or from a copy of it); see docs/course.md,
 "Lab course and grading". Environment overrides, for a hub or for tests:
 KVS_COURSE_ID, KVS_NBGRADER_EXCHANGE, KVS_COURSE_ROOT.
 """

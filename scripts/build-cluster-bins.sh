@@ -4,9 +4,11 @@
 #   kube-apiserver, kube-controller-manager, kube-scheduler   k8s.io/kubernetes
 #   kwok                     sigs.k8s.io/kwok (plays the kubelet: nodes, pod phases, pod IPs)
 #   kubevirt-crds            ours: prints KubeVirt's CRDs from kubevirt.io/kubevirt's virt-operator code
+#                            (tests/cluster/go/kubevirt/crds; the module the real cluster's KubeVirt
+#                            is built from too, scripts/build-kubevirt-node.sh: one version throughout)
 # into a cache directory keyed by every input, and print that directory as the
 # last line of stdout. A warm cache costs seconds; a cold one is a long Go build
-# (see README, "Testing against a real control plane").
+# (see docs/cluster-apiserver.md, "Testing against a real control plane").
 #
 # Cache: $KVS_CACHE_DIR, else /var/cache/kubevirt-spawner as root, else
 # ~/.cache/kubevirt-spawner. Go's module and build caches live there too so
@@ -24,10 +26,11 @@ K8S_VERSION=v1.36.3     # k8s.io/kubernetes; go.mod says go 1.26.0
 K8S_STAGING=v0.36.3     # the staging modules' tag for that release
 ETCD_VERSION=v3.6.8     # what k8s.io/kubernetes v1.36.3 requires
 KWOK_VERSION=v0.8.0     # newest whose go.mod fits go1.26
-KUBEVIRT_VERSION=v1.8.0 # kubevirt.io/kubevirt, /api, /client-go (exact tags; the proxy lists none)
+KUBEVIRT_VERSION=v1.8.4 # kubevirt.io/kubevirt, /api, /client-go (exact tags; the proxy lists none)
+                        # >= v1.8.1: v1.8.0 cannot start a VM under useEmulation without a usable /dev/kvm
 
 K8S_MOD=tests/cluster/go/k8s
-KV_MOD=tests/cluster/go/kubevirt-crds
+KV_MOD=tests/cluster/go/kubevirt
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 print_only=0
@@ -61,7 +64,7 @@ export GOFLAGS="${GOFLAGS:--p=2} -mod=readonly -trimpath"
 go_version=$(go env GOVERSION)
 
 key=$( { echo "$go_version $K8S_VERSION $ETCD_VERSION $KWOK_VERSION $KUBEVIRT_VERSION"
-         cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum" "$KV_MOD"/go.mod "$KV_MOD"/go.sum "$KV_MOD"/*.go
+         cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum" "$KV_MOD"/go.mod "$KV_MOD"/go.sum "$KV_MOD"/crds/*.go
          sed -n '/^# -- build --/,$p' "$0"; } | sha256sum | cut -c1-16)
 out=$cache/cluster-bins/k8s-$K8S_VERSION-kubevirt-$KUBEVIRT_VERSION-$key
 
@@ -94,7 +97,8 @@ build "$K8S_MOD" "$tmp" go.etcd.io/etcd/server/v3 \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler sigs.k8s.io/kwok/cmd/kwok
 mv "$tmp/server" "$tmp/etcd" # go names the binary of go.etcd.io/etcd/server/v3 "server"
-build "$KV_MOD" "$tmp" .
+build "$KV_MOD" "$tmp" ./crds
+mv "$tmp/crds" "$tmp/kubevirt-crds"
 
 # Generated artefacts the harness loads: KubeVirt's CRDs, and KWOK's own
 # default node and pod stages (the standalone kwok binary starts with none;

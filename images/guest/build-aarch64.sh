@@ -14,7 +14,10 @@
 # (`dpkg --add-architecture arm64 && apt-get update`; scripts/install-deps.sh
 # does both).
 #
-# usage: images/guest/build-aarch64.sh [--print-dir]
+# usage: images/guest/build-aarch64.sh [--print-dir | --dir-if-built]
+#   --print-dir     build if needed, then print the guest's directory
+#   --dir-if-built  build nothing: print the directory this checkout's guest
+#                   has if it is built (exit 0), else exit 1
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,9 +33,9 @@ die() { echo "build-guest-aarch64: $*" >&2; exit 1; }
 log() { echo "build-guest-aarch64: $*" >&2; }
 
 case "${1:-}" in
-  ""|--print-dir) ;;
+  ""|--print-dir|--dir-if-built) ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown argument ${1}; usage: $0 [--print-dir]" ;;
+  *) echo "build-guest-aarch64: unknown argument ${1}; usage: $0 [--print-dir | --dir-if-built]" >&2; exit 2 ;;
 esac
 
 need_pkgs=(linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu busybox-static flex bison bc libelf-dev libssl-dev cpio)
@@ -82,7 +85,8 @@ build_kernel_aarch64() {
   local mk=(make -s ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-)
   "${mk[@]}" tinyconfig >/dev/null
   # The shared fragment minus the options that exist only on x86.
-  grep -vxF -e 'CONFIG_EARLY_PRINTK=y' "$here/lab-kernel.config" > .lab-fragment
+  # (DMI: SMBIOS for the x86 VM disk; on arm64 it needs EFI.)
+  grep -vxF -e 'CONFIG_EARLY_PRINTK=y' -e 'CONFIG_DMI=y' -e 'CONFIG_DMIID=y' "$here/lab-kernel.config" > .lab-fragment
   cat "$here/lab-kernel-aarch64.config" >> .lab-fragment
   ARCH=arm64 scripts/kconfig/merge_config.sh -m -O . .config .lab-fragment >/dev/null
   "${mk[@]}" olddefconfig
@@ -166,15 +170,22 @@ build_rootfs_aarch64() {
   mv "$tmp" "$rdir"
 }
 
+gdir=$out/guest-aarch64-$kernel_key-$rootfs_key
+if [ "${1:-}" = --dir-if-built ]; then
+  if [ -d "$gdir" ]; then echo "$gdir"; exit 0; fi
+  exit 1
+fi
+
 mkdir -p "$out"
-# The same lock as build.sh: one guest build at a time per cache.
-exec 9>"$out/.lock"
-flock -w 3600 9 || die "another guest build holds $out/.lock"
+# One arm64 guest build at a time per cache; its own lock, not build.sh's:
+# the trees differ, and an x86 guest (what `make demo` needs) must not wait
+# for an arm64 kernel to compile.
+exec 9>"$out/.lock-aarch64"
+flock -w 3600 9 || die "another arm64 guest build holds $out/.lock-aarch64"
 start=$(date +%s)
 if [ -f "$kdir/Image.lab" ]; then log "kernel $kernel_key cached"; else build_kernel_aarch64; fi
 if [ -f "$rdir/initramfs.cpio.gz" ]; then log "rootfs $rootfs_key cached"; else build_rootfs_aarch64; fi
 
-gdir=$out/guest-aarch64-$kernel_key-$rootfs_key
 if [ ! -d "$gdir" ]; then
   rm -rf "$gdir.tmp"; mkdir -p "$gdir.tmp"
   ln -sfn "$kdir/Image.lab" "$gdir.tmp/Image"
@@ -187,4 +198,4 @@ if [ ! -d "$gdir" ]; then
 fi
 ln -sfn "$(basename "$gdir")" "$out/current-aarch64.tmp" && mv -T "$out/current-aarch64.tmp" "$out/current-aarch64"
 log "guest ready in $(( $(date +%s) - start ))s: $out/current-aarch64 -> $(basename "$gdir")"
-if [ "${1:-}" = --print-dir ]; then echo "$out/current-aarch64"; fi
+if [ "${1:-}" = --print-dir ]; then echo "$gdir"; fi

@@ -8,7 +8,10 @@
 # $KVS_CACHE_DIR/guest/current (a symlink) holding bzImage, vmlinux,
 # initramfs.cpio.gz and kdir, which LocalVMSpawner uses by default.
 #
-# usage: images/guest/build.sh [--print-dir]
+# usage: images/guest/build.sh [--print-dir | --dir-if-built]
+#   --print-dir     build if needed, then print the guest's directory
+#   --dir-if-built  build nothing: print the directory this checkout's guest
+#                   has if it is built (exit 0), else exit 1
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +39,13 @@ kernel_key=$( { pkgver linux-source-6.1 gcc; cat "$here/lab-kernel.config" "$her
 rootfs_key=$( { pkgver busybox-static dropbear-bin strace kmod kexec-tools libc6; cat "$here"/rootfs/*; sed -n '/^build_rootfs()/,/^}/p' "$0"; } | sha256sum | cut -c1-16)
 kdir=$out/kernel-$kernel_key
 rdir=$out/rootfs-$rootfs_key
+gdir=$out/guest-$kernel_key-$rootfs_key
+case "${1:-}" in
+  ""|--print-dir) ;;
+  --dir-if-built) if [ -d "$gdir" ]; then echo "$gdir"; exit 0; fi; exit 1 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "build-guest: unknown argument $1; usage: $0 [--print-dir | --dir-if-built]" >&2; exit 2 ;;
+esac
 
 build_kernel() {
   # Built in its final directory (not renamed afterwards): vmlinux's debug
@@ -111,7 +121,6 @@ start=$(date +%s)
 if [ -f "$kdir/bzImage.lab" ]; then log "kernel $kernel_key cached"; else build_kernel; fi
 if [ -f "$rdir/initramfs.cpio.gz" ]; then log "rootfs $rootfs_key cached"; else build_rootfs; fi
 
-gdir=$out/guest-$kernel_key-$rootfs_key
 if [ ! -d "$gdir" ]; then
   mkdir -p "$gdir.tmp"
   ln -sfn "$kdir/bzImage.lab" "$gdir.tmp/bzImage"
@@ -124,4 +133,4 @@ if [ ! -d "$gdir" ]; then
 fi
 ln -sfn "$(basename "$gdir")" "$out/current.tmp" && mv -T "$out/current.tmp" "$out/current"
 log "guest ready in $(( $(date +%s) - start ))s: $out/current -> $(basename "$gdir")"
-if [ "${1:-}" = --print-dir ]; then echo "$out/current"; fi
+if [ "${1:-}" = --print-dir ]; then echo "$gdir"; fi

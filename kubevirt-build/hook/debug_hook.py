@@ -3,7 +3,7 @@
 x86_64, the ``edu`` PCI device, through libvirt's ``<qemu:commandline>``.
 
 One pure function, ``add_debug_args(domain_xml) -> domain_xml``, used three
-ways (see kubevirt-build/README.md): as the ``onDefineDomain`` script of a
+ways (see docs/cluster-apiserver.md, "The debug hook"): as the ``onDefineDomain`` script of a
 KubeVirt hook sidecar (``--vmi JSON --domain XML`` in, new XML on stdout),
 inside the gRPC server of the KubeVirt >= 1.9 Plugin route, and in tests.
 
@@ -20,18 +20,39 @@ pcie.0, where libvirt puts its first pcie-root-port, and QEMU refuses to
 start ("slot 1 function 0 not available for pcie-root-port, in use by edu").
 So edu gets an explicit slot on the root bus, chosen among those no device
 in the domain uses.
+
+Keeping gdb's stops (sidecar route). Stock virt-launcher resumes a domain
+that is paused unless KubeVirt itself paused it (``SyncVMI``: "Domain
+unpaused.", KubeVirt v1.8.4 and v1.9.0), so a breakpoint would not hold.
+A VMI started with ``startStrategy: Paused`` counts as paused by KubeVirt for
+the life of its virt-launcher, whatever QEMU does later. KubeVirtSpawner
+starts its VMs so, with the annotation ``kubevirt-spawner/resume-after-start``;
+for those the sidecar (``main``) also starts ``resume_when_listening`` in the
+background, which lets the guest run once QEMU's gdbstub listens (a gdb
+detach), and takes out the 10 s BIOS boot menu KubeVirt adds to VMs started
+paused (``without_boot_menu``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import socket
 import sys
+import time
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 DEFAULT_GDB = "tcp::1234"
+RESUME_ANNOTATION = "kubevirt-spawner/resume-after-start"
+# gdb remote protocol: detach process 1, which lets the guest run. With a
+# pid, as QEMU's gdbstub wants it once any client chose its multiprocess
+# mode (which outlives that client: a plain "D" then gets E22 and the guest
+# stays stopped); without that mode the pid is ignored.
+GDB_DETACH = b"$D;1#b0"
 
 # Root-bus slots edu may take, in order of preference. libvirt fills pcie.0
 # from slot 1 upwards (root ports, 8 per slot) and q35 itself uses 0x00 (host
@@ -178,23 +199,106 @@ def add_debug_args(domain_xml: str, gdb: str = DEFAULT_GDB, edu: bool | None = N
     return text[:at] + block + text[at:]
 
 
+_BOOT_MENU = re.compile(r"\s*<bootmenu\b[^>]*/>")
+
+
+def without_boot_menu(domain_xml: str) -> str:
+    """``domain_xml`` without its ``<bootmenu .../>`` (KubeVirt adds one with a
+    10 s timeout to VMIs started paused, for a console user to reach the BIOS)."""
+    return _BOOT_MENU.sub("", domain_xml, count=1)
+
+
+def gdb_port(gdb: str) -> int | None:
+    """The TCP port of a ``-gdb`` endpoint like ``tcp::1234`` (None if not TCP)."""
+    m = re.fullmatch(r"tcp:[^:]*:(\d+)(,.*)?", gdb)
+    return int(m.group(1)) if m else None
+
+
+def resume_when_listening(port: int, grace: float = 2.0, timeout: float = 600.0) -> bool:
+    """Wait until QEMU's gdbstub listens on 127.0.0.1:``port`` (the sidecar
+    shares the virt-launcher pod's network namespace), give libvirt ``grace``
+    seconds to finish starting the paused domain, then attach and detach once:
+    QEMU resumes the guest. True if it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                # Connected: QEMU runs (paused). Let libvirt finish its start first.
+                time.sleep(grace)
+                s.sendall(GDB_DETACH)
+                s.recv(64)  # "+$OK#9a" once QEMU let the guest run
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def _state_dir() -> str:
+    # The sidecar's socket directory is a writable emptyDir; /tmp otherwise.
+    for d in (os.environ.get("KVS_HOOK_STATE_DIR", ""), "/var/run/kubevirt-hooks", "/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK):
+            return d
+    return "/tmp"
+
+
+def start_resumer(port: int) -> None:
+    """Run ``resume_when_listening`` once per pod, detached from the hook's
+    caller (sidecar-shim waits for this process and reads its stdout)."""
+    import fcntl
+
+    marker = os.path.join(_state_dir(), "kvs-resume-after-start")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return  # a re-define of the same domain: already under way or done
+    if os.fork() > 0:
+        os.close(fd)
+        return
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(null, std)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    ok = resume_when_listening(port)
+    os.write(fd, b"resumed\n" if ok else b"gave up\n")
+    os._exit(0)
+
+
+def _annotations(vmi_json: str) -> dict:
+    try:
+        vmi = json.loads(vmi_json or "{}")
+    except ValueError:
+        return {}
+    return (vmi.get("metadata") or {}).get("annotations") or {}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``onDefineDomain --vmi JSON --domain XML``: the new domain XML on stdout."""
     parser = argparse.ArgumentParser(
         prog="onDefineDomain",
         description="Add -gdb (and -device edu on x86_64) to a libvirt domain for KubeVirt.",
     )
-    parser.add_argument("--vmi", default="", help="the VMI as JSON (unused)")
+    parser.add_argument("--vmi", default="", help="the VMI as JSON (its annotations)")
     parser.add_argument("--domain", required=True, help="the domain XML")
     parser.add_argument(
         "--gdb", default=DEFAULT_GDB, help="QEMU -gdb endpoint (default %(default)s)"
     )
     opts, _ = parser.parse_known_args(argv)
+    resume = _annotations(opts.vmi).get(RESUME_ANNOTATION) == "true"
     try:
-        sys.stdout.write(add_debug_args(opts.domain, gdb=opts.gdb))
+        xml = add_debug_args(opts.domain, gdb=opts.gdb)
     except HookError as e:
         print(f"onDefineDomain: {e}", file=sys.stderr)
         return 1
+    if resume:
+        xml = without_boot_menu(xml)
+    sys.stdout.write(xml)
+    sys.stdout.flush()
+    port = gdb_port(opts.gdb)
+    if resume and port:
+        start_resumer(port)
     return 0
 
 

@@ -105,15 +105,19 @@ def encode_response(domain: bytes) -> bytes:
 # -- the service -------------------------------------------------------------
 def mutate_domain(request: dict, context) -> bytes:
     try:
-        out = debug_hook.add_debug_args(request["domain"].decode(), gdb=os.environ.get(
-            "KVS_GDB", debug_hook.DEFAULT_GDB))  # fmt: skip
+        out = debug_hook.add_debug_args(
+            request["domain"].decode(), gdb=os.environ.get("KVS_GDB", debug_hook.DEFAULT_GDB)
+        )
     except debug_hook.HookError as e:
         import grpc
 
         log.error("MutateDomain: %s", e)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    log.info("MutateDomain (%s): added %s", request["invocation_context"] or "Boot",
-             debug_hook.debug_args(request["domain"].decode()) or "nothing (already there)")  # fmt: skip
+    log.info(
+        "MutateDomain (%s): added %s",
+        request["invocation_context"] or "Boot",
+        debug_hook.debug_args(request["domain"].decode()) or "nothing (already there)",
+    )
     return out.encode()
 
 
@@ -124,10 +128,14 @@ def make_server(socket_path: str):
 
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
-        {"MutateDomain": grpc.unary_unary_rpc_method_handler(
-            mutate_domain, request_deserializer=decode_request,
-            response_serializer=encode_response)},
-    )  # fmt: skip
+        {
+            "MutateDomain": grpc.unary_unary_rpc_method_handler(
+                mutate_domain,
+                request_deserializer=decode_request,
+                response_serializer=encode_response,
+            )
+        },
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     server.add_generic_rpc_handlers((handler,))
     Path(socket_path).parent.mkdir(parents=True, exist_ok=True)

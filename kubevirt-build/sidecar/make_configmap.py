@@ -4,7 +4,7 @@ ConfigMap that KubeVirt's hook sidecar runs as /usr/bin/onDefineDomain.
 
     python3 kubevirt-build/sidecar/make_configmap.py   # after editing the hook
 
-tests/unit/test_hook.py fails if the committed ConfigMap is out of date.
+tests/unit/kubevirt/test_hook.py fails if the committed ConfigMap is out of date.
 """
 
 import sys

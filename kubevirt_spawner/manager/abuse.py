@@ -22,10 +22,26 @@ MINING_PORT = "mining-port"
 
 # Names of common CPU/GPU miners (process comm, lower-cased, first 15 bytes).
 DEFAULT_MINER_NAMES = (
-    "xmrig", "xmr-stak", "xmr-stak-cpu", "minerd", "cpuminer", "cpuminer-multi",
-    "cgminer", "bfgminer", "ethminer", "nbminer", "t-rex", "lolminer", "phoenixminer",
-    "nanominer", "srbminer-multi", "teamredminer", "gminer", "kswapd0x", "xmr",
-)  # fmt: skip
+    "xmrig",
+    "xmr-stak",
+    "xmr-stak-cpu",
+    "minerd",
+    "cpuminer",
+    "cpuminer-multi",
+    "cgminer",
+    "bfgminer",
+    "ethminer",
+    "nbminer",
+    "t-rex",
+    "lolminer",
+    "phoenixminer",
+    "nanominer",
+    "srbminer-multi",
+    "teamredminer",
+    "gminer",
+    "kswapd0x",
+    "xmr",
+)
 # Stratum ports mining pools commonly listen on (8888 and 9999 are left out:
 # students' own servers use them too).
 DEFAULT_MINING_PORTS = (3333, 3334, 3335, 4444, 5555, 7777, 14433, 14444, 45560)
@@ -95,8 +111,13 @@ def mining_connections(conns: Iterable[tuple[str, int, str]], ports: Iterable[in
     network, but trying to reach a pool is the sign. Connections to the VM
     itself (loopback) do not: a pool is never local."""
     port_set = set(ports)
-    hits = sorted({f"{addr}:{port} ({state})" for addr, port, state in conns
-                   if port in port_set and not _is_loopback(addr)})  # fmt: skip
+    hits = sorted(
+        {
+            f"{addr}:{port} ({state})"
+            for addr, port, state in conns
+            if port in port_set and not _is_loopback(addr)
+        }
+    )
     if hits:
         return Flag(MINING_PORT, "connection to a mining-pool port: " + ", ".join(hits))
     return None
@@ -111,10 +132,18 @@ def _is_loopback(addr: str) -> bool:
 
 
 TCP_STATES = {
-    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
-}  # fmt: skip
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
 
 
 def _hex_addr(text: str) -> str:

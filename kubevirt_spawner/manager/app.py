@@ -1,6 +1,6 @@
 """``python -m kubevirt_spawner.manager``: the lab manager, a JupyterHub service.
 
-Declare it in the hub's config (see hub-config/manager_service.py); the hub
+Declare it in the hub's config (kubevirt_spawner.hubconfig.add_lab_manager); the hub
 starts it with JUPYTERHUB_API_TOKEN, JUPYTERHUB_API_URL,
 JUPYTERHUB_SERVICE_PREFIX and JUPYTERHUB_SERVICE_URL in its environment.
 """
@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import fields
 from urllib.parse import urlparse
 
 from tornado import web
@@ -22,7 +23,7 @@ from traitlets.config import Application
 
 from . import abuse
 from .core import LabManager, Settings
-from .handlers import NotFoundHandler, make_handlers
+from .handlers import ManagerHubAuth, NotFoundHandler, make_handlers
 from .hubclient import HubClient
 from .metrics import Metrics
 from .store import Store
@@ -63,6 +64,7 @@ class LabManagerApp(Application):
         "namespace": "LabManagerApp.namespace",
         "config": "LabManagerApp.config_file",
         "log-level": "Application.log_level",
+        "token-cache": "LabManagerApp.token_cache_seconds",
     }
 
     config_file = Unicode("", help="A traitlets config file to load (Python).").tag(config=True)
@@ -89,7 +91,7 @@ class LabManagerApp(Application):
 
     @default("runtime_root")
     def _default_runtime_root(self):
-        from ..localvm import default_runtime_root
+        from ..local.settings import default_runtime_root
 
         return default_runtime_root()
 
@@ -114,12 +116,27 @@ class LabManagerApp(Application):
     max_body_bytes = Integer(
         64 * 1024, help="Largest request body accepted (bytes); larger gets 413."
     ).tag(config=True)
+    token_cache_seconds = Integer(
+        0,
+        help="""How long the hub's answer about a token is trusted before asking
+        again. 0 (default): every request asks the hub, so the token of a server
+        that was stopped or deleted (the hub revokes it) is refused at once;
+        JupyterHub's own default of 300 s would let it act on the VM for five
+        more minutes. One hub API call per student request.""",
+    ).tag(config=True)
 
     sample_interval = Float(
         10.0, help="Seconds between CPU/memory samples of each VM (and dashboard refreshes)."
     ).tag(config=True)
     reap_every = Float(
         60.0, help="Seconds between reaper rounds (idle/max-age culling and orphan removal)."
+    ).tag(config=True)
+    vm_state_dir_template = Unicode(
+        "{home}/.labvm",
+        help="""LocalVMSpawner.vm_state_dir_template of the hub: where students'
+        suspended VMs are listed from (and discarded, as the student). An idle
+        server this manager culls is suspended there, not discarded, unless the
+        spawner's suspend_on_stop is `never`.""",
     ).tag(config=True)
     idle_timeout = Integer(
         3600,
@@ -187,18 +204,17 @@ class LabManagerApp(Application):
         self.hub = HubClient(api_url, token)
         cluster = None
         if "kubevirt" in self.backends:
-            from .cluster import Cluster
+            from .backends.kubevirt import Cluster
 
             cluster = Cluster(self.namespace)
+        # Every Settings field is one of this app's traits of the same name.
+        traits = {f.name: getattr(self, f.name) for f in fields(Settings) if self.has_trait(f.name)}
         self.settings = Settings(
-            runtime_root=self.runtime_root, sample_interval=self.sample_interval,
-            idle_timeout=self.idle_timeout, max_age=self.max_age,
-            orphan_grace=self.orphan_grace, cpu_threshold=self.cpu_threshold,
-            cpu_window=self.cpu_window, notebook_idle=self.notebook_idle,
-            inspect_interval=self.inspect_interval, miner_names=tuple(self.miner_names),
-            mining_ports=tuple(self.mining_ports), abuse_action=self.abuse_action,
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in traits.items()},
             cluster=cluster,
-        )  # fmt: skip
+        )
+        # The OAuth/token helper every handler shares (HubOAuthenticated).
+        ManagerHubAuth.instance().cache_max_age = self.token_cache_seconds
         self.metrics = Metrics()
         self.store = Store(self.db_path)
         self.manager = LabManager(self.hub, self.store, self.settings, self.metrics)
@@ -226,15 +242,20 @@ class LabManagerApp(Application):
         level = logging.INFO if status < 400 else logging.WARNING
         if handler.request.path.endswith(("/api/vms", "/health")) and status < 400:
             level = logging.DEBUG
-        self.log.log(level, "%d %s %s %.1fms", status, handler.request.method,
-                     handler.request.uri, 1000 * handler.request.request_time())  # fmt: skip
+        self.log.log(
+            level,
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.uri,
+            1000 * handler.request.request_time(),
+        )
 
     async def _tick(self) -> None:
         """Refresh from the hub, sample VMs, apply abuse rules."""
         try:
             await self.manager.refresh()
-            self.manager.sample()
-            await self.manager.sample_cluster()
+            await self.manager.sample()
             await self.manager.check_abuse()
         except Exception:
             self.log.exception("Monitoring round failed")
@@ -247,8 +268,13 @@ class LabManagerApp(Application):
         # past this hard cap tornado drops the connection (a 503 via the proxy).
         server = HTTPServer(self.make_app(), max_body_size=256 << 20)
         server.listen(self.port, self.ip)
-        self.log.info("Lab manager on http://%s:%d%s (backends: %s)", self.ip, self.port,
-                      self.prefix, ", ".join(self.backends))  # fmt: skip
+        self.log.info(
+            "Lab manager on http://%s:%d%s (backends: %s)",
+            self.ip,
+            self.port,
+            self.prefix,
+            ", ".join(self.backends),
+        )
         await self._tick()
         PeriodicCallback(self._tick, 1000 * self.sample_interval).start()
         if self.reap_every > 0:
@@ -259,7 +285,11 @@ class LabManagerApp(Application):
         await asyncio.Event().wait()
 
     def start(self):
-        asyncio.run(self.run())
+        try:
+            asyncio.run(self.run())
+        except KeyboardInterrupt:
+            # The hub stops its services with SIGINT: an orderly end, not a traceback.
+            self.log.info("Lab manager stopped (SIGINT)")
 
 
 def main(argv=None) -> None:

@@ -16,29 +16,14 @@ from dataclasses import dataclass
 
 import jupyterhub_idle_culler
 
-from . import abuse, localvms, reaper
+from . import abuse, reaper
+from .backends import ActionError, ManagerBackend, Usage, registered
 from .hubclient import HubAPIError, HubClient, servers_of
 from .metrics import Metrics
 from .reaper import ServerInfo
 from .store import Store
 
 log = logging.getLogger("kubevirt_spawner.manager")
-
-
-class ActionError(Exception):
-    """An action that cannot be done; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def backend_of(state: dict) -> str:
-    if state.get("rundir"):
-        return "local"
-    if state.get("vm_name"):
-        return "kubevirt"
-    return "none"
 
 
 @dataclass
@@ -60,6 +45,7 @@ class Settings:
     abuse_action: str = "flag"
     reset_timeout: float = 120
     cluster: object = None  # a cluster.Cluster when the KubeVirt backend is in use
+    vm_state_dir_template: str = "{home}/.labvm"
 
 
 class LabManager:
@@ -74,11 +60,15 @@ class LabManager:
         self.history: dict[str, deque] = {}
         self._last_usage: dict[str, tuple[float, float, int]] = {}
         self.memory: dict[str, int] = {}
-        self.resetting: dict[str, int] = {}  # server key -> console offset at reset
+        self.backends: list[ManagerBackend] = registered(settings)
         self._inspected: dict[str, float] = {}
         self._seen_pending: dict[str, float] = {}
         self._spawn_recorded: set[tuple[str, str]] = set()
         self._started_at = time.time()
+
+    def backend_for(self, s: ServerInfo) -> ManagerBackend | None:
+        """The backend whose saved state this server has (None: a server without a VM)."""
+        return next((b for b in self.backends if b.owns(s.state)), None)
 
     # -- watching -----------------------------------------------------------
     async def refresh(self) -> None:
@@ -96,43 +86,33 @@ class LabManager:
         self.servers = servers
         self.refreshed = now
         counts = {"running": 0, "pending": 0}
-        vms = {"local": 0, "kubevirt": 0}
+        vms = {b.name: 0 for b in self.backends}
         for s in servers:
             counts["pending" if s.pending else "running"] += 1
-            if (
-                s.ready
-                and not s.pending
-                and s.state.get("vm_pid" if s.state.get("rundir") else "vm_started")
-            ):
-                vms[backend_of(s.state)] += 1
+            b = self.backend_for(s)
+            if b and s.ready and not s.pending and b.has_vm(s.state):
+                vms[b.name] += 1
         for k, v in counts.items():
             self.metrics.servers.labels(k).set(v)
         for k, v in vms.items():
             self.metrics.running_vms.labels(k).set(v)
 
     def _record_spawn(self, s: ServerInfo, ready_at: float) -> None:
-        """Spawn phases of a server we saw go from pending to ready (local backend):
-        the VM phase ends when the notebook process starts (the spawner starts it
-        right after the VM answered ssh and gdb)."""
+        """Spawn phases of a server we saw go from pending to ready, where its
+        backend can tell them apart."""
         model = self.server_model(s.user, s.name) or {}
-        started = model.get("started")
-        nb_pid = s.state.get("pid")
-        if backend_of(s.state) != "local" or not (started and nb_pid):
-            return
+        started, b = model.get("started"), self.backend_for(s)
         key = (s.key, started)
-        if key in self._spawn_recorded:
+        if not (started and b) or key in self._spawn_recorded:
             return
-        usage = localvms.process_usage(int(nb_pid))
-        if usage is None:
+        phases = b.spawn_phases(s, _epoch(started), ready_at)
+        if phases is None:
             return
-        nb_start = localvms.start_epoch(usage[2])
-        t0 = _epoch(started)
-        self.metrics.spawn_duration.labels("local", "vm").observe(max(0.0, nb_start - t0))
-        self.metrics.spawn_duration.labels("local", "notebook").observe(
-            max(0.0, ready_at - nb_start)
-        )
+        vm_s, nb_s = phases
+        self.metrics.spawn_duration.labels(b.name, "vm").observe(vm_s)
+        self.metrics.spawn_duration.labels(b.name, "notebook").observe(nb_s)
         self._spawn_recorded.add(key)
-        log.info("Spawn of %s: VM %.1fs, notebook %.1fs", s.key, nb_start - t0, ready_at - nb_start)
+        log.info("Spawn of %s: VM %.1fs, notebook %.1fs", s.key, vm_s, nb_s)
 
     def server_model(self, user: str, name: str = "") -> dict | None:
         for u in self.users:
@@ -146,36 +126,31 @@ class LabManager:
                 return s
         return None
 
-    def sample(self, now: float | None = None) -> None:
-        """Read CPU time and memory of every local VM; keep an hour of history."""
+    async def sample(self, now: float | None = None) -> None:
+        """Measure every server's VM through its backend; keep an hour of CPU
+        history per server. A VM not measured this round loses its series."""
         now = time.time() if now is None else now
-        live = set()
-        for s in self.servers:
-            if backend_of(s.state) != "local":
-                continue
-            ident = localvms.vm_of_state(s.state)
-            usage = ident and localvms.process_usage(ident.pid)
-            if not usage:
-                continue
-            live.add(s.key)
-            cpu_s, rss, start = usage
-            prev = self._last_usage.get(s.key)
-            self._last_usage[s.key] = (now, cpu_s, start)
-            self.memory[s.key] = rss
-            self.metrics.vm_memory.labels(s.key).set(rss)
-            if prev is None or prev[2] != start or now <= prev[0]:
-                continue
-            cores = (cpu_s - prev[1]) / (now - prev[0])
-            hist = self.history.setdefault(s.key, deque())
+        measured: dict[str, Usage] = {}
+        for b in self.backends:
+            mine = [s for s in self.servers if b.owns(s.state)]
+            if mine:
+                measured.update(await b.usage(mine))
+        for key, u in measured.items():
+            self.memory[key] = u.memory
+            self.metrics.vm_memory.labels(key).set(u.memory)
+            cores = u.cores
+            if cores is None and u.cpu_seconds is not None:
+                prev = self._last_usage.get(key)
+                self._last_usage[key] = (now, u.cpu_seconds, u.start)
+                if prev is None or prev[2] != u.start or now <= prev[0]:
+                    continue
+                cores = (u.cpu_seconds - prev[1]) / (now - prev[0])
+            hist = self.history.setdefault(key, deque())
             hist.append(abuse.Sample(now, round(cores, 3)))
             while hist and hist[0].time < now - self.s.history_seconds:
                 hist.popleft()
-            self.metrics.vm_cpu.labels(s.key).set(cores)
-        known = {s.key for s in self.servers}
-        for key in [k for k in self.history if k not in known and k not in self._last_usage]:
-            self.history.pop(key)  # a cluster VM's server is gone
-            self.memory.pop(key, None)
-        for key in set(self._last_usage) - live:
+            self.metrics.vm_cpu.labels(key).set(cores)
+        for key in (set(self.history) | set(self.memory) | set(self._last_usage)) - set(measured):
             self._last_usage.pop(key, None)
             self.history.pop(key, None)
             self.memory.pop(key, None)
@@ -185,58 +160,44 @@ class LabManager:
                 except KeyError:  # never sampled twice: no CPU value was set
                     pass
 
-    async def sample_cluster(self, now: float | None = None) -> None:
-        """CPU and memory of KubeVirt VMs, from metrics.k8s.io (its own averaging window)."""
-        if self.s.cluster is None:
-            return
-        now = time.time() if now is None else now
-        usage = await self.s.cluster.vm_usage()
-        for s in self.servers:
-            vm = s.state.get("vm_name")
-            if backend_of(s.state) != "kubevirt" or vm not in usage:
-                continue
-            cores, mem = usage[vm]
-            hist = self.history.setdefault(s.key, deque())
-            hist.append(abuse.Sample(now, round(cores, 3)))
-            while hist and hist[0].time < now - self.s.history_seconds:
-                hist.popleft()
-            self.memory[s.key] = mem
-            self.metrics.vm_cpu.labels(s.key).set(cores)
-            self.metrics.vm_memory.labels(s.key).set(mem)
-
     # -- abuse ----------------------------------------------------------------
     async def check_abuse(self, now: float | None = None) -> list[tuple[ServerInfo, abuse.Flag]]:
         """Apply the rules to every ready local VM; look inside the VMs that are
         due (several at a time, so a class of 100 does not hold up sampling)."""
         now = time.time() if now is None else now
-        servers = [s for s in self.servers
-                   if s.ready and not s.pending and backend_of(s.state) in ("local", "kubevirt")]  # fmt: skip
+        servers = [s for s in self.servers if s.ready and not s.pending and self.backend_for(s)]
         found: dict[str, list[abuse.Flag]] = {s.key: [] for s in servers}
         for s in servers:
             model = self.server_model(s.user, s.name) or {}
             idle_for = now - _epoch(model["last_activity"]) if model.get("last_activity") else None
             f = abuse.sustained_cpu(
-                list(self.history.get(s.key, ())), now, idle_for,
-                threshold=self.s.cpu_threshold, window=self.s.cpu_window,
+                list(self.history.get(s.key, ())),
+                now,
+                idle_for,
+                threshold=self.s.cpu_threshold,
+                window=self.s.cpu_window,
                 notebook_idle_min=self.s.notebook_idle,
-            )  # fmt: skip
+            )
             if f:
                 found[s.key].append(f)
-        # Looking inside needs the VM's ssh key: local VMs only, so far.
-        due = [s for s in servers if backend_of(s.state) == "local"
-               and now - self._inspected.get(s.key, 0) >= self.s.inspect_interval]  # fmt: skip
+        due = [s for s in servers if now - self._inspected.get(s.key, 0) >= self.s.inspect_interval]
         limit = asyncio.Semaphore(8)
 
         async def inspect(s: ServerInfo) -> None:
             async with limit:
                 self._inspected[s.key] = now
-                rc, out = await localvms.ssh_run(s.state, abuse.INSPECT_SCRIPT)
+                seen = await self.backend_for(s).inspect(s, abuse.INSPECT_SCRIPT)
+            if seen is None:  # this backend cannot look inside its VMs
+                return
+            rc, out = seen
             if rc != 0:
                 log.warning("Inspecting the VM of %s failed (%d): %s", s.key, rc, out.strip())
                 return
             names, conns = abuse.parse_inspect_output(out)
-            for f in (abuse.miner_processes(names, self.s.miner_names),
-                      abuse.mining_connections(conns, self.s.mining_ports)):  # fmt: skip
+            for f in (
+                abuse.miner_processes(names, self.s.miner_names),
+                abuse.mining_connections(conns, self.s.mining_ports),
+            ):
                 if f:
                     found[s.key].append(f)
 
@@ -272,44 +233,86 @@ class LabManager:
 
         def arbiter(*, inactive, inactive_limit, server, **_):
             why = reaper.cull_reason(
-                inactive, server, jupyterhub_idle_culler.utcnow(),
-                self.s.idle_timeout, self.s.max_age,
-            )  # fmt: skip
+                inactive,
+                server,
+                jupyterhub_idle_culler.utcnow(),
+                self.s.idle_timeout,
+                self.s.max_age,
+            )
+            if why == reaper.IDLE:
+                self._mark_suspend(server)
             if why:
                 decided.append((server.get("url", "?"), why))
-                log.warning("Stopping server %s: reason %s (inactive %s, started %s)",
-                            server.get("url"), why, inactive, server.get("started"))  # fmt: skip
+                log.warning(
+                    "Stopping server %s: reason %s (inactive %s, started %s)",
+                    server.get("url"),
+                    why,
+                    inactive,
+                    server.get("started"),
+                )
                 self.metrics.reaped.labels("server", why).inc()
             return why is not None
 
         await jupyterhub_idle_culler.cull_idle(
-            url=self.hub.api_url, api_token=self.hub.token,
-            inactive_limit=int(self.s.idle_timeout or 10**9), logger=log,
-            max_age=0, cull_arbiter=arbiter, concurrency=5,
-        )  # fmt: skip
+            url=self.hub.api_url,
+            api_token=self.hub.token,
+            inactive_limit=int(self.s.idle_timeout or 10**9),
+            logger=log,
+            max_age=0,
+            cull_arbiter=arbiter,
+            concurrency=5,
+        )
         return decided
+
+    def _mark_suspend(self, server: dict) -> None:
+        """An idle local server is suspended, not discarded, by the stop that follows
+        (LocalVMSpawner.suspend_on_stop decides; `never` discards anyway)."""
+        for b in self.backends:
+            b.request_suspend(server.get("state") or {})
+
+    # -- suspended VMs (where a backend can suspend) ---------------------------
+    def suspended(self) -> list[dict]:
+        """Every student's saved VM states, with whether their server runs now."""
+        running = {s.user for s in self.servers}
+        out = []
+        for u in self.users:
+            for b in self.backends:
+                for st in b.saved_states(u["name"]):
+                    out.append({**st, "running": u["name"] in running})
+        return out
+
+    async def resume(self, user: str, name: str = "") -> str:
+        """Start the student's server: the spawner resumes their suspended VM."""
+        await self.refresh()
+        saved = [st for b in self.backends for st in b.saved_states(user)]
+        states = [s for s in saved if s["restorable"]]
+        if not states:
+            raise ActionError(404, f"{user} has no suspended VM to resume")
+        if self.find(user, name) is not None:
+            raise ActionError(409, f"{user}'s server is already running")
+        log.info("Resuming the suspended VM of %s (instructor action)", user)
+        await self.hub.start_server(user, name)
+        return "starting"
+
+    async def discard(self, user: str, state: str) -> str:
+        """Delete one of the student's saved VM states (as the student)."""
+        await self.refresh()
+        owner = next(
+            (b for b in self.backends if state in {st["name"] for st in b.saved_states(user)}),
+            None,
+        )
+        if owner is None:
+            raise ActionError(404, f"{user} has no saved VM state named {state!r}")
+        freed = await owner.discard_state(user, state)
+        log.info("Discarded the saved VM state %s of %s (%d bytes)", state, user, freed)
+        return "discarded"
 
     async def reap_orphans(self) -> list[reaper.Deletion]:
         """Delete what carries our marks but belongs to no server the hub knows."""
         await self.refresh()  # decide on a fresh view of the hub, never a stale one
-        servers = list(self.servers)
-        vms, procs, dirs = localvms.scan(self.s.runtime_root)
-        deletions = reaper.local_orphans(
-            servers, vms, procs, dirs, self.s.runtime_root, self.s.orphan_grace
-        )
         done = []
-        for d in deletions:
-            try:
-                await localvms.delete(d)
-            except Exception as e:  # keep going: one failure must not stop the round
-                self.metrics.reaper_errors.inc()
-                log.error("Reaper: deleting %s failed: %s", d.log_line(), e)
-                continue
-            log.warning("Reaper deleted %s", d.log_line())
-            self.metrics.reaped.labels(d.kind, d.reason).inc()
-            done.append(d)
-        if self.s.cluster is not None:
-            done += await self.s.cluster.reap(servers, self.s.orphan_grace, self.metrics)
+        for b in self.backends:
+            done += await b.reap(list(self.servers), self.s.orphan_grace, self.metrics)
         return done
 
     async def reap(self) -> None:
@@ -333,27 +336,12 @@ class LabManager:
         """Restart the VM afresh on the course kernel (fresh root filesystem)."""
         await self.refresh()
         s = self._server_for_action(user, name)
-        backend = backend_of(s.state)
-        if backend == "local":
-            if localvms.vm_of_state(s.state) is None:
-                raise ActionError(409, f"{user}'s VM is not running")
-            offset = localvms.console_size(s.state["rundir"])
-            try:
-                await localvms.qmp(s.state["rundir"], "system_reset")
-            except Exception as e:
-                raise ActionError(502, f"QEMU's monitor did not take the reset: {e}") from None
-            self.resetting[s.key] = offset
-            log.info("Reset the VM of %s", s.key)
-            if wait:
-                ok = await localvms.wait_ssh_ready(s.state["rundir"], offset, self.s.reset_timeout)
-                self.resetting.pop(s.key, None)
-                if not ok:
-                    raise ActionError(504, "the VM did not come back in time")
-                return "ready"
-            return "resetting"
-        if backend == "kubevirt" and self.s.cluster is not None:
-            return await self.s.cluster.reset(s, wait=wait, timeout=self.s.reset_timeout)
-        raise ActionError(409, f"{user}'s server has no VM to reset")
+        b = self.backend_for(s)
+        if b is None:
+            raise ActionError(409, f"{user}'s server has no VM to reset")
+        result = await b.reset(s, wait=wait, timeout=self.s.reset_timeout)
+        log.info("Reset the VM of %s: %s", s.key, result)
+        return result
 
     async def restart(self, user: str, name: str = "") -> str:
         """Stop the server and start it again (a new VM process and notebook)."""
@@ -383,20 +371,8 @@ class LabManager:
     async def vm_state(self, s: ServerInfo) -> str:
         if s.pending:
             return s.pending + "ing"
-        backend = backend_of(s.state)
-        if backend == "local":
-            if localvms.vm_of_state(s.state) is None:
-                return "stopped"
-            if s.key in self.resetting:
-                rd = s.state["rundir"]
-                if not await localvms.wait_ssh_ready(rd, self.resetting[s.key], 0.01):
-                    return "resetting"
-                self.resetting.pop(s.key, None)
-            status = await localvms.vm_status(s.state["rundir"])
-            return status
-        if backend == "kubevirt" and self.s.cluster is not None:
-            return await self.s.cluster.vm_state(s)
-        return "no VM" if backend == "none" else "unknown"
+        b = self.backend_for(s)
+        return "no VM" if b is None else await b.vm_state(s)
 
     async def rows(self) -> list[dict]:
         now = time.time()
@@ -411,17 +387,23 @@ class LabManager:
                     continue
                 started = model.get("started")
                 hist = self.history.get(s.key, ())
-                out.append({
-                    "user": s.user, "server": s.name, "key": s.key,
-                    "backend": backend_of(s.state), "state": await self.vm_state(s),
-                    "ready": s.ready, "pending": s.pending,
-                    "uptime": now - _epoch(started) if started else None,
-                    "last_activity": model.get("last_activity"),
-                    "cpu": hist[-1].cpu if hist else None,
-                    "memory": self.memory.get(s.key),
-                    "history": [[round(h.time), h.cpu] for h in hist],
-                    "flags": flags.pop(s.key, []),
-                })  # fmt: skip
+                out.append(
+                    {
+                        "user": s.user,
+                        "server": s.name,
+                        "key": s.key,
+                        "backend": getattr(self.backend_for(s), "name", "none"),
+                        "state": await self.vm_state(s),
+                        "ready": s.ready,
+                        "pending": s.pending,
+                        "uptime": now - _epoch(started) if started else None,
+                        "last_activity": model.get("last_activity"),
+                        "cpu": hist[-1].cpu if hist else None,
+                        "memory": self.memory.get(s.key),
+                        "history": [[round(h.time), h.cpu] for h in hist],
+                        "flags": flags.pop(s.key, []),
+                    }
+                )
         return out
 
 

@@ -15,13 +15,14 @@ for bad requests, and a bad request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from http import HTTPStatus
 from pathlib import Path
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado import web
 
@@ -34,12 +35,27 @@ STATIC = Path(__file__).parent / "static"
 NAME_RE = re.compile(r"(?!\.\.?$)[^/\\\x00-\x1f\x7f?#%]{1,255}")
 
 
+class ManagerHubAuth(HubOAuth):
+    """HubOAuth that, unless told otherwise, asks the hub about every token:
+    the hub revokes a server's token when the server stops, and a cached
+    answer (JupyterHub keeps them 300 s; a max age of 0 there means forever)
+    would let that token act on the VM for minutes after."""
+
+    def user_for_token(self, token, use_cache=True, session_id="", *, sync=True):
+        fresh = self.cache_max_age <= 0
+        return super().user_for_token(
+            token, use_cache=use_cache and not fresh, session_id=session_id, sync=sync
+        )
+
+
 @web.stream_request_body
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """Bodies are streamed: at most max_body_bytes are kept, the rest of an
     oversized body is read and dropped, and the request is then refused with
     a clear 413 (answering early and closing would make the hub's proxy
     report a 502/503 instead)."""
+
+    hub_auth_class = ManagerHubAuth
 
     def initialize(self, manager, app):
         self.manager = manager
@@ -149,14 +165,20 @@ class VMsHandler(BaseHandler):
     async def get(self):
         await self.require_instructor()
         m = self.manager
-        self.write_json({
-            "now": time.time(), "refreshed": m.refreshed, "rows": await m.rows(),
-            "flags": m.store.flags(), "sample_interval": m.s.sample_interval,
-        })  # fmt: skip
+        self.write_json(
+            {
+                "now": time.time(),
+                "refreshed": m.refreshed,
+                "rows": await m.rows(),
+                "flags": m.store.flags(),
+                "sample_interval": m.s.sample_interval,
+            }
+        )
 
 
 class ActionHandler(BaseHandler):
-    """POST users/NAME/ACTION[?server=NAME]: reset, restart or stop one server."""
+    """POST users/NAME/ACTION[?server=NAME]: reset, restart, stop or resume one
+    server; discard?state=NAME removes one of the student's saved VM states."""
 
     async def post(self, user: str, action: str):
         self.refuse_oversized()
@@ -176,14 +198,36 @@ class ActionHandler(BaseHandler):
         try:
             if await self.manager.hub.user(user) is None:
                 raise web.HTTPError(404, f"no user named {user}")
-            fn = {"reset": self.manager.reset, "restart": self.manager.restart,
-                  "stop": self.manager.stop}[action]  # fmt: skip
-            result = await (fn(user, server, wait=wait) if action == "reset" else fn(user, server))
+            fn = {
+                "reset": self.manager.reset,
+                "restart": self.manager.restart,
+                "stop": self.manager.stop,
+                "resume": self.manager.resume,
+            }.get(action)
+            if action == "discard":
+                state = self.get_argument("state", "")
+                if not STATE_RE.fullmatch(state):
+                    raise web.HTTPError(400, "state must name a saved VM state (api/suspended)")
+                result = await self.manager.discard(user, state)
+            elif action == "reset":
+                result = await fn(user, server, wait=wait)
+            else:
+                result = await fn(user, server)
         except ActionError as e:
             raise web.HTTPError(e.status, str(e)) from None
         except HubAPIError as e:
             raise web.HTTPError(502, f"the hub refused: {e}") from None
         self.write_json({"user": user, "server": server, "action": action, "result": result}, 202)
+
+
+STATE_RE = re.compile(r"(suspended|unrestorable)-[0-9a-f]{12}(-[0-9]{8}-[0-9]{6})?")
+
+
+class SuspendedHandler(BaseHandler):
+    async def get(self):
+        await self.require_instructor()
+        await self.manager.refresh()
+        self.write_json({"states": await asyncio.to_thread(self.manager.suspended)})
 
 
 class FlagHandler(BaseHandler):
@@ -255,8 +299,9 @@ class MeHandler(BaseHandler):
         if s is None:
             self.write_json({"user": model["name"], "server": None})
             return
-        self.write_json({"user": s.user, "server": {"state": await self.manager.vm_state(s),
-                                                     "ready": s.ready}})  # fmt: skip
+        self.write_json(
+            {"user": s.user, "server": {"state": await self.manager.vm_state(s), "ready": s.ready}}
+        )
 
 
 class MetricsHandler(BaseHandler):
@@ -288,7 +333,8 @@ def make_handlers(prefix: str, manager, app) -> list:
         (rf"{p}/?", DashboardHandler, kw),
         (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
         (rf"{p}/api/vms", VMsHandler, kw),
-        (rf"{p}/api/users/([^/]+)/(reset|restart|stop)", ActionHandler, kw),
+        (rf"{p}/api/users/([^/]+)/(reset|restart|stop|resume|discard)", ActionHandler, kw),
+        (rf"{p}/api/suspended", SuspendedHandler, kw),
         (rf"{p}/api/flags/(\d{{1,12}})/clear", FlagHandler, kw),
         (rf"{p}/api/progress", ProgressHandler, kw),
         (rf"{p}/api/me", MeHandler, kw),

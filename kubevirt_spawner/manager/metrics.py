@@ -36,20 +36,26 @@ class Metrics:
             registry=r,
         )
         self.flags = Counter(
-            "kvs_abuse_flags_total", "Abuse flags raised, by rule and action", ["rule", "action"],
+            "kvs_abuse_flags_total",
+            "Abuse flags raised, by rule and action",
+            ["rule", "action"],
             registry=r,
-        )  # fmt: skip
+        )
         self.vm_cpu = Gauge(
-            "kvs_vm_cpu_cores", "CPU cores a lab VM used over the last sample", ["user"],
+            "kvs_vm_cpu_cores",
+            "CPU cores a lab VM used over the last sample",
+            ["user"],
             registry=r,
-        )  # fmt: skip
+        )
         self.vm_memory = Gauge(
             "kvs_vm_memory_bytes", "Resident memory of a lab VM's QEMU", ["user"], registry=r
         )
         self.check_results = Counter(
-            "kvs_check_results_total", "Lab check results received, by outcome", ["outcome"],
+            "kvs_check_results_total",
+            "Lab check results received, by outcome",
+            ["outcome"],
             registry=r,
-        )  # fmt: skip
+        )
         self.reaper_errors = Counter(
             "kvs_reaper_errors_total", "Reaper rounds or deletions that failed", registry=r
         )

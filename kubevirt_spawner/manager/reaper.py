@@ -14,11 +14,12 @@ reason to its decision).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from ..contract import SERVER_LABEL, USERNAME_LABEL, runtime_dir_name
 
 # Reasons, as they appear in logs and in the reaped_total metric's label.
 ORPHAN_NO_SERVER = "orphan-no-server"
@@ -74,7 +75,7 @@ class RunDirInfo:
 class ClusterObject:
     """A Kubernetes object carrying this project's labels."""
 
-    kind: str  # "virtualmachine", "service", "network_policy", "secret", "pod"
+    kind: str  # "virtualmachine", "service", "network_policy", "pod"
     namespace: str
     name: str
     labels: Mapping[str, str]
@@ -95,18 +96,8 @@ class Deletion:
         )
 
 
-def runtime_dir_name(username: str) -> str:
-    """LocalVMSpawner's runtime directory name for ``username`` (kept equal to
-    ``kubevirt_spawner.localvm.runtime_dir_name``, which a unit test checks;
-    copied so that this module imports nothing from JupyterHub)."""
-    if re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,31}", username) and username not in (".", ".."):
-        return username
-    prefix = re.sub(r"[^a-z0-9]+", "-", username.lower()).strip("-")[:16] or "user"
-    return f"{prefix}-{hashlib.sha256(username.encode()).hexdigest()[:10]}"
-
-
 def server_rundir_name(server: ServerInfo) -> str:
-    return runtime_dir_name(server.user + (f".{server.name}" if server.name else ""))
+    return runtime_dir_name(server.user, server.name)
 
 
 def local_orphans(
@@ -154,20 +145,38 @@ def local_orphans(
         if vm.age < grace:
             continue
         if name not in known:
-            out.append(Deletion("qemu", str(vm.pid), ORPHAN_NO_SERVER,
-                                f"runtime dir {vm.rundir} belongs to no server",
-                                (vm.pid, vm.start_time)))  # fmt: skip
+            out.append(
+                Deletion(
+                    "qemu",
+                    str(vm.pid),
+                    ORPHAN_NO_SERVER,
+                    f"runtime dir {vm.rundir} belongs to no server",
+                    (vm.pid, vm.start_time),
+                )
+            )
         elif name in ready_vm and ready_vm[name] != (vm.pid, vm.start_time):
-            out.append(Deletion("qemu", str(vm.pid), ORPHAN_STALE_VM,
-                                f"server's VM is pid {ready_vm[name][0]}, not this one",
-                                (vm.pid, vm.start_time)))  # fmt: skip
+            out.append(
+                Deletion(
+                    "qemu",
+                    str(vm.pid),
+                    ORPHAN_STALE_VM,
+                    f"server's VM is pid {ready_vm[name][0]}, not this one",
+                    (vm.pid, vm.start_time),
+                )
+            )
     for p in sorted(processes, key=lambda p: p.pid):
         name = dir_name(p.rundir)
         if name is None or p.age < grace or name in known:
             continue
-        out.append(Deletion("process", str(p.pid), ORPHAN_NO_SERVER,
-                            f"environment names {p.rundir}, which belongs to no server",
-                            (p.pid, p.start_time)))  # fmt: skip
+        out.append(
+            Deletion(
+                "process",
+                str(p.pid),
+                ORPHAN_NO_SERVER,
+                f"environment names {p.rundir}, which belongs to no server",
+                (p.pid, p.start_time),
+            )
+        )
     for d in sorted(rundirs, key=lambda d: d.path):
         name = dir_name(d.path)
         if name is None or name in known or name in live_dirs or d.age < grace:
@@ -176,11 +185,7 @@ def local_orphans(
     return out
 
 
-# Label keys, as kubevirt_spawner.manifests and kubespawner set them.
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "kubevirt-spawner"
-SERVER_LABEL = "kubevirt-spawner/server"
-USERNAME_LABEL = "hub.jupyter.org/username"
+# Label keys, as kubevirt_spawner.kubevirt.manifests and kubespawner set them.
 
 
 def cluster_orphans(
@@ -205,9 +210,15 @@ def cluster_orphans(
         user_label = obj.labels.get(USERNAME_LABEL, "")
         if any(_label_matches_user(user_label, u) for u in pending_users):
             continue
-        out.append(Deletion(obj.kind, f"{obj.namespace}/{obj.name}", ORPHAN_NO_SERVER,
-                            f"server label {server!r} matches no running server",
-                            (obj.namespace, obj.name)))  # fmt: skip
+        out.append(
+            Deletion(
+                obj.kind,
+                f"{obj.namespace}/{obj.name}",
+                ORPHAN_NO_SERVER,
+                f"server label {server!r} matches no running server",
+                (obj.namespace, obj.name),
+            )
+        )
     return out
 
 

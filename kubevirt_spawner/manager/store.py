@@ -77,10 +77,18 @@ class Store:
             args,
         ).fetchall()
         return [
-            {"user": u, "lab": lb, "check": c, "attempts": n, "last_time": t,
-             "passed": p.startswith("1"), "message": p[2:], "first_pass": fp}
+            {
+                "user": u,
+                "lab": lb,
+                "check": c,
+                "attempts": n,
+                "last_time": t,
+                "passed": p.startswith("1"),
+                "message": p[2:],
+                "first_pass": fp,
+            }
             for u, lb, c, n, t, p, fp in rows
-        ]  # fmt: skip
+        ]
 
     def count_results(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]

@@ -8,7 +8,7 @@ Kernel loop (lab 4) = edit kernel/lab_whoami.c in the student's kernel tree
 boot the VM on it (kexec) -> call syscall 451 and check its answer.
 
 Each "student" has their own VM (booted without a hub,
-kubevirt_spawner.standalone) and build directory; all students run their
+kubevirt_spawner.local.standalone) and build directory; all students run their
 loops at the same moment.
 
 usage: python tests/bench/lab_bench.py [--students 1,2,4] [--loops 3] [--lab 5,4]
@@ -28,10 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from kubevirt_spawner import checks, kerneltree
-from kubevirt_spawner.standalone import boot_lab_vm
+from kubevirt_spawner.local.standalone import boot_lab_vm
 
 MODULE = r"""#include <linux/module.h>
 MODULE_LICENSE("GPL");
@@ -150,8 +148,9 @@ def main() -> int:
     labs = args.lab.split(",")
     if not set(labs) <= set(LOOPS):
         ap.error(f"--lab takes 5 and/or 4: {args.lab!r}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, TCG; commit {commit}")
     print(f"{'loop':>12} | {'students':>8} | {'loops':>5} | {'median s':>8} | {'max s':>6} | load")
     for lab in labs:

@@ -1,12 +1,19 @@
-"""Fixtures for tests against a real kube-apiserver.
+"""Fixtures for tests against a real kube-apiserver, and against real KubeVirt.
 
-Without ``KUBECONFIG``: build (or take from the cache) the pinned binaries,
-start etcd + kube-apiserver + kube-controller-manager + kube-scheduler + KWOK
-on loopback, install KubeVirt's CRDs from KubeVirt's own code, add KWOK nodes,
-and start the StandInKubeVirtController; all of it once per session.
+Two clusters, each started once per session and only if a test asks for it:
 
-With ``KUBECONFIG`` set: use that cluster (it must run real KubeVirt), start
+``cluster`` (the API-server tier): build (or take from the cache) the pinned
+binaries, start etcd + kube-apiserver + kube-controller-manager +
+kube-scheduler + KWOK on loopback, install KubeVirt's CRDs from KubeVirt's own
+code, add KWOK nodes, and start the StandInKubeVirtController. With
+``KUBECONFIG`` set: use that cluster (it must run real KubeVirt), start
 nothing, and skip only what needs the stand-in's failure modes.
+
+``kubevirt_cluster`` (the real tier): scripts/kubevirt-cluster.sh's cluster
+(tests/harness/kvcluster.py): a real kubelet, containerd, CNI, kube-proxy,
+kube-router, CoreDNS and KubeVirt in the node's own namespaces. With
+``KVS_KUBEVIRT_CLUSTER=NAME``: use that already running cluster
+(``scripts/kubevirt-cluster.sh up --name NAME``) and leave it running.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from faultproxy import FaultProxy  # noqa: E402
-from harness import local_cluster  # noqa: E402
-from kube import Cluster, wait_for  # noqa: E402
+from harness.apitier import local_cluster  # noqa: E402
+from harness.faultproxy import FaultProxy  # noqa: E402
+from harness.kube import Cluster, wait_for  # noqa: E402
+from harness.realcluster import RealCluster, real_cluster  # noqa: E402
 
 
 def pytest_configure(config):
@@ -48,7 +55,11 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         c = Cluster(Path(kubeconfig), cfg.host, cfg.ssl_ca_cert)
-        wait_for("KubeVirt's VirtualMachine CRD on the KUBECONFIG cluster", lambda: c.apiext.read_custom_resource_definition("virtualmachines.kubevirt.io"), timeout=10)  # fmt: skip
+        wait_for(
+            "KubeVirt's VirtualMachine CRD on the KUBECONFIG cluster",
+            lambda: c.apiext.read_custom_resource_definition("virtualmachines.kubevirt.io"),
+            timeout=10,
+        )
         yield c
         return
 
@@ -58,6 +69,20 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             f"\ncluster: control plane up in {cp.started_in:.1f}s, logs in {cp.logs}\n"
         )
         yield c
+
+
+@pytest.fixture(scope="session")
+def kubevirt_cluster() -> Iterator[RealCluster]:
+    """The real KubeVirt cluster, up for the whole session (minutes to start)."""
+    with real_cluster() as rc:
+        yield rc
+
+
+@pytest.fixture
+def kv_namespace(kubevirt_cluster, request) -> Iterator[str]:
+    """A fresh namespace on the real cluster; on failure, print what the cluster said."""
+    with kubevirt_cluster.namespace(request) as ns:
+        yield ns
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +110,10 @@ def namespace(cluster, request) -> Iterator[str]:
     """A fresh namespace with its default ServiceAccount; on failure, print its events."""
     name = f"kvs-t-{secrets.token_hex(3)}"
     cluster.core.create_namespace({"metadata": {"name": name, "labels": {"kvs-test": "true"}}})
-    wait_for(f"ServiceAccount {name}/default", lambda: cluster.core.read_namespaced_service_account("default", name))  # fmt: skip
+    wait_for(
+        f"ServiceAccount {name}/default",
+        lambda: cluster.core.read_namespaced_service_account("default", name),
+    )
     yield name
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
@@ -111,11 +139,17 @@ def namespace(cluster, request) -> Iterator[str]:
 def admin_sa_token(cluster, namespace) -> str:
     """A token of a ServiceAccount bound to cluster-admin (clients through the fault proxy)."""
     cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "tester"}})
-    cluster.rbac.create_cluster_role_binding({
-        "metadata": {"name": f"{namespace}-tester", "labels": {"kvs-test": "true"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tester", "namespace": namespace}],
-    })  # fmt: skip
+    cluster.rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": f"{namespace}-tester", "labels": {"kvs-test": "true"}},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "tester", "namespace": namespace}],
+        }
+    )
     yield cluster.service_account_token(namespace, "tester")
     try:
         cluster.rbac.delete_cluster_role_binding(f"{namespace}-tester")

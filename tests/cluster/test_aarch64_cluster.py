@@ -7,13 +7,13 @@ VM's launcher pod on an arm64 node with the notebook's cross toolchain set.
 from __future__ import annotations
 
 import pytest
-from controlplane import KWOK_NODE_ANNOTATION
-from kube import KV, wait_for
-from kubehub import apply_rbac, kube_hub, wait_nothing_left
+from harness.controlplane import KWOK_NODE_ANNOTATION
+from harness.kube import KV, wait_for
+from harness.kubehub import apply_rbac, kube_hub, wait_nothing_left
+from harness.notebook_standin import StandInNotebookServers
 from kubernetes.client.rest import ApiException
-from notebook_standin import StandInNotebookServers
 
-from kubevirt_spawner import manifests as m
+from kubevirt_spawner.kubevirt import manifests as m
 
 ARM_NODE = "kvs-kwok-arm64"
 
@@ -28,9 +28,16 @@ c.KubeVirtSpawner.profile_list = [
 
 
 def test_arm64_vm_is_accepted_strictly_and_kept_whole(cluster, namespace):
-    vm = m.make_vm("labvm-arm", namespace, image="quay.io/containerdisks/debian:12",
-                   arch="aarch64", cpus=2, memory="2Gi", labels={"kvs-test": "arm"},
-                   secret_name="labvm-arm")  # fmt: skip
+    vm = m.make_vm(
+        "labvm-arm",
+        namespace,
+        image="quay.io/containerdisks/debian:12",
+        arch="aarch64",
+        cpus=2,
+        memory="2Gi",
+        labels={"kvs-test": "arm"},
+        secret_name="labvm-arm",
+    )
     cluster.custom.create_namespaced_custom_object(
         *KV, namespace, "virtualmachines", vm, field_validation="Strict"
     )
@@ -45,8 +52,16 @@ def test_arm64_vm_is_accepted_strictly_and_kept_whole(cluster, namespace):
 
 
 def test_misspelt_firmware_field_is_rejected(cluster, namespace):
-    vm = m.make_vm("labvm-typo", namespace, image="i", arch="aarch64", cpus=1, memory="1Gi",
-                   labels={}, secret_name="labvm-typo")  # fmt: skip
+    vm = m.make_vm(
+        "labvm-typo",
+        namespace,
+        image="i",
+        arch="aarch64",
+        cpus=1,
+        memory="1Gi",
+        labels={},
+        secret_name="labvm-typo",
+    )
     vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"] = {"uefi": {}}
     with pytest.raises(ApiException) as e:
         cluster.custom.create_namespaced_custom_object(
@@ -70,7 +85,7 @@ def arm_node(cluster):
                 "kubernetes.io/arch": "arm64",
                 "type": "kwok-arm64",
                 "kubevirt.io/schedulable": "true",
-            },  # fmt: skip
+            },
         },
         "status": {
             "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},

@@ -1,11 +1,16 @@
 """--help, smoke and bad-input checks for the cluster harness's entry points (no cluster needed)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from harness import TESTS, module_command
+
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE.parents[1] / "scripts/build-cluster-bins.sh"
+BENCH = TESTS / "bench" / "bench_spawn_100.py"
+BENCH_ENV = {**os.environ, "PYTHONPATH": str(TESTS)}
 
 
 def run(*argv, **kw):
@@ -20,12 +25,19 @@ def test_build_script_help_and_bad_input():
 
 
 def test_build_script_print_dir_is_keyed_by_versions(tmp_path):
-    r = run(str(SCRIPT), "--print-dir", env={"PATH": "/usr/local/go/bin:/usr/bin:/bin", "HOME": str(tmp_path),
-                                              "KVS_CACHE_DIR": str(tmp_path)})  # fmt: skip
+    r = run(
+        str(SCRIPT),
+        "--print-dir",
+        env={
+            "PATH": "/usr/local/go/bin:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "KVS_CACHE_DIR": str(tmp_path),
+        },
+    )
     assert r.returncode == 1, "an empty cache is reported as not built"
     out = Path(r.stdout.strip())
     assert out.parent == tmp_path / "cluster-bins"
-    assert out.name.startswith("k8s-v1.36.3-kubevirt-v1.8.0-")
+    assert out.name.startswith("k8s-v1.36.3-kubevirt-v1.8.4-")
 
 
 def test_build_script_fails_loudly_without_go(tmp_path):
@@ -40,14 +52,14 @@ def test_build_script_fails_loudly_without_go(tmp_path):
 
 
 def test_stand_in_controller_help_and_bad_input():
-    r = run(sys.executable, str(HERE / "fake_kubevirt_controller.py"), "--help")
+    r = run(*module_command("fake_kubevirt_controller", "--help"))
     assert r.returncode == 0 and "tests only" in r.stdout
-    r = run(sys.executable, str(HERE / "fake_kubevirt_controller.py"))
+    r = run(*module_command("fake_kubevirt_controller"))
     assert r.returncode == 2 and "--kubeconfig" in r.stderr
 
 
 def test_benchmark_help_and_bad_input():
-    r = run(sys.executable, str(HERE / "bench_spawn_100.py"), "--help")
+    r = run(sys.executable, str(BENCH), "--help", env=BENCH_ENV)
     assert r.returncode == 0 and "--users" in r.stdout
-    r = run(sys.executable, str(HERE / "bench_spawn_100.py"), "--users", "0")
+    r = run(sys.executable, str(BENCH), "--users", "0", env=BENCH_ENV)
     assert r.returncode == 2 and "at least 1" in r.stderr

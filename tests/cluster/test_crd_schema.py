@@ -3,7 +3,7 @@
 import copy
 
 import pytest
-from kube import KV, minimal_vm
+from harness.kube import KV, minimal_vm
 from kubernetes.client.rest import ApiException
 
 

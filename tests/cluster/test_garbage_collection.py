@@ -1,41 +1,60 @@
 """ownerReferences and the real garbage collector (kube-controller-manager)."""
 
-from kube import KV, get_or_none, minimal_vm, wait_for, wait_gone
+from harness.kube import KV, get_or_none, minimal_vm, wait_for, wait_gone
 from kubernetes.client.rest import ApiException
 
 
 def owned_by(vm: dict) -> list[dict]:
-    return [{
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "name": vm["metadata"]["name"], "uid": vm["metadata"]["uid"],
-        "blockOwnerDeletion": True,
-    }]  # fmt: skip
+    return [
+        {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
+            "name": vm["metadata"]["name"],
+            "uid": vm["metadata"]["uid"],
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
 def make_dependents(cluster, ns, vm) -> None:
     refs = owned_by(vm)
-    cluster.core.create_namespaced_service(ns, {
-        "metadata": {"name": "vm-ssh", "ownerReferences": refs},
-        "spec": {"selector": {"vm.kubevirt.io/name": vm["metadata"]["name"]},
-                 "ports": [{"name": "ssh", "port": 22}]},
-    })  # fmt: skip
-    cluster.networking.create_namespaced_network_policy(ns, {
-        "metadata": {"name": "vm-only-owner", "ownerReferences": refs},
-        "spec": {"podSelector": {"matchLabels": {"vm.kubevirt.io/name": vm["metadata"]["name"]}},
-                 "policyTypes": ["Ingress"]},
-    })  # fmt: skip
-    cluster.core.create_namespaced_secret(ns, {
-        "metadata": {"name": "vm-ssh-key", "ownerReferences": refs},
-        "stringData": {"key": "not a real key"},
-    })  # fmt: skip
+    cluster.core.create_namespaced_service(
+        ns,
+        {
+            "metadata": {"name": "vm-ssh", "ownerReferences": refs},
+            "spec": {
+                "selector": {"vm.kubevirt.io/name": vm["metadata"]["name"]},
+                "ports": [{"name": "ssh", "port": 22}],
+            },
+        },
+    )
+    cluster.networking.create_namespaced_network_policy(
+        ns,
+        {
+            "metadata": {"name": "vm-only-owner", "ownerReferences": refs},
+            "spec": {
+                "podSelector": {"matchLabels": {"vm.kubevirt.io/name": vm["metadata"]["name"]}},
+                "policyTypes": ["Ingress"],
+            },
+        },
+    )
+    cluster.core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "vm-ssh-key", "ownerReferences": refs},
+            "stringData": {"key": "not a real key"},
+        },
+    )
 
 
 def dependents(cluster, ns) -> dict:
     return {
         "service": get_or_none(cluster.core.read_namespaced_service, "vm-ssh", ns),
-        "networkpolicy": get_or_none(cluster.networking.read_namespaced_network_policy, "vm-only-owner", ns),
+        "networkpolicy": get_or_none(
+            cluster.networking.read_namespaced_network_policy, "vm-only-owner", ns
+        ),
         "secret": get_or_none(cluster.core.read_namespaced_secret, "vm-ssh-key", ns),
-    }  # fmt: skip
+    }
 
 
 def test_deleting_the_vm_collects_everything_it_owns(cluster, namespace):

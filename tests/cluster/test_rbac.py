@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from kube import KV, minimal_vm, status_of
-from kubehub import RBAC_YAML, apply_rbac
+from harness.kube import KV, minimal_vm, status_of
+from harness.kubehub import RBAC_YAML, apply_rbac
 from kubernetes import client
 
 # (verb, API group, resource): what KubeVirtSpawner and KubeSpawner do in the namespace.
@@ -38,16 +38,7 @@ def _exists(cluster, namespace, sa) -> bool:
 
 
 def can(cluster, namespace, sa, verb, group, resource) -> bool:
-    sub, _, sub_res = resource.partition("/")
-    review = client.V1SubjectAccessReview(
-        spec={
-            "user": f"system:serviceaccount:{namespace}:{sa}",
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
-                                   "resource": sub, "subresource": sub_res},
-        }
-    )  # fmt: skip
-    return cluster.authz.create_subject_access_review(review).status.allowed
+    return cluster.sa_can(namespace, sa, verb, group, resource)
 
 
 def test_hub_role_allows_what_the_spawner_does(cluster, namespace, tmp_path):
@@ -59,9 +50,12 @@ def test_hub_role_allows_what_the_spawner_does(cluster, namespace, tmp_path):
     kc = cluster.token_kubeconfig(tmp_path / "hub", cluster.service_account_token(namespace, sa))
     custom = client.CustomObjectsApi(cluster.api_client(kc))
     custom.create_namespaced_custom_object(
-        *KV, namespace, "virtualmachines", minimal_vm("hub-made", run_strategy="Halted"),
+        *KV,
+        namespace,
+        "virtualmachines",
+        minimal_vm("hub-made", run_strategy="Halted"),
         field_validation="Strict",
-    )  # fmt: skip
+    )
     assert custom.list_namespaced_custom_object(*KV, namespace, "virtualmachines")["items"]
     custom.delete_namespaced_custom_object(*KV, namespace, "virtualmachines", "hub-made")
 
@@ -75,10 +69,17 @@ def test_hub_role_is_least_privilege(cluster, namespace, tmp_path):
         ("escalate", "rbac.authorization.k8s.io", "roles", namespace),
         ("update", "kubevirt.io", "kubevirts", namespace),
     ]:
-        review = client.V1SubjectAccessReview(spec={
-            "user": f"system:serviceaccount:{namespace}:{sa}",
-            "resourceAttributes": {"namespace": ns, "verb": verb, "group": group, "resource": resource},
-        })  # fmt: skip
+        review = client.V1SubjectAccessReview(
+            spec={
+                "user": f"system:serviceaccount:{namespace}:{sa}",
+                "resourceAttributes": {
+                    "namespace": ns,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                },
+            }
+        )
         assert not cluster.authz.create_subject_access_review(review).status.allowed, (
             verb,
             resource,
@@ -107,9 +108,11 @@ def test_notebook_service_account_cannot_touch_vms(cluster, namespace, tmp_path,
     if not _exists(cluster, namespace, sa):
         cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": sa}})
     allowed = [
-        (verb, res) for res in VM_RESOURCES for verb in ALL_VERBS
+        (verb, res)
+        for res in VM_RESOURCES
+        for verb in ALL_VERBS
         if can(cluster, namespace, sa, verb, "kubevirt.io", res)
-    ]  # fmt: skip
+    ]
     assert not allowed, f"notebook ServiceAccount {sa} may {allowed}"
 
     victim = cluster.create_vm(namespace, minimal_vm("victim", run_strategy="Halted"))
@@ -119,13 +122,88 @@ def test_notebook_service_account_cannot_touch_vms(cluster, namespace, tmp_path,
     attempts = {
         "get": lambda: custom.get_namespaced_custom_object(*KV, namespace, "virtualmachines", name),
         "list": lambda: custom.list_namespaced_custom_object(*KV, namespace, "virtualmachines"),
-        "list-vmis": lambda: custom.list_namespaced_custom_object(*KV, namespace, "virtualmachineinstances"),
+        "list-vmis": lambda: custom.list_namespaced_custom_object(
+            *KV, namespace, "virtualmachineinstances"
+        ),
         "patch": lambda: custom.patch_namespaced_custom_object(
-            *KV, namespace, "virtualmachines", name, {"spec": {"runStrategy": "Always"}}),
-        "delete": lambda: custom.delete_namespaced_custom_object(*KV, namespace, "virtualmachines", name),
+            *KV, namespace, "virtualmachines", name, {"spec": {"runStrategy": "Always"}}
+        ),
+        "delete": lambda: custom.delete_namespaced_custom_object(
+            *KV, namespace, "virtualmachines", name
+        ),
         "create": lambda: custom.create_namespaced_custom_object(
-            *KV, namespace, "virtualmachines", minimal_vm("evil")),
-    }  # fmt: skip
+            *KV, namespace, "virtualmachines", minimal_vm("evil")
+        ),
+    }
     codes = {what: status_of(fn) for what, fn in attempts.items()}
     assert set(codes.values()) == {403}, codes
     assert cluster.vm(namespace, name)["spec"]["runStrategy"] == "Halted"
+
+
+# What would let a student read another student's (or their own) VM key,
+# or get into a VM or a pod past the NetworkPolicy: Secrets; exec, attach
+# and port-forward into pods; KubeVirt's subresource API (console, VNC,
+# port-forward; served by virt-api, authorized by the API server's RBAC).
+SECRET_VERBS = [(v, "", "secrets") for v in ("get", "list", "watch")]
+POD_ENTRY = [
+    (v, "", f"pods/{sub}") for sub in ("exec", "attach", "portforward") for v in ("get", "create")
+]
+KUBEVIRT_SUBRESOURCES = [
+    (v, "subresources.kubevirt.io", res)
+    for res in (
+        "virtualmachineinstances/console",
+        "virtualmachineinstances/vnc",
+        "virtualmachineinstances/portforward",
+        "virtualmachines/portforward",
+    )
+    for v in ("get", "create", "update")
+]
+
+
+@pytest.mark.parametrize("sa", notebook_service_accounts())
+def test_notebook_service_account_cannot_read_secrets_or_get_into_pods_and_vms(
+    cluster, namespace, tmp_path, sa
+):
+    """In its own namespace (its own server's Secret and pods: itself
+    included) and in any other."""
+    apply_rbac(cluster, namespace)
+    if not _exists(cluster, namespace, sa):
+        cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": sa}})
+    allowed = [
+        (verb, group, res, ns)
+        for ns in (namespace, "default")
+        for verb, group, res in SECRET_VERBS + POD_ENTRY + KUBEVIRT_SUBRESOURCES
+        if cluster.sa_can(namespace, sa, verb, group, res, namespace=ns)
+    ]
+    assert not allowed, f"notebook ServiceAccount {sa} may {allowed}"
+
+    # For real, with its token: a server's Secret, and a pod running as it.
+    cluster.core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "labvm-alice"}, "stringData": {"id_ed25519": "key"}}
+    )
+    pod = {
+        "metadata": {"name": "jupyter-alice"},
+        "spec": {
+            "serviceAccountName": sa,
+            "containers": [{"name": "notebook", "image": "example/notebook"}],
+        },
+    }
+    cluster.core.create_namespaced_pod(namespace, pod)
+    token = cluster.service_account_token(namespace, sa)
+    core = client.CoreV1Api(cluster.api_client(cluster.token_kubeconfig(tmp_path / "nb", token)))
+    exec_args = {"command": ["cat", "/etc/kubevirt-spawner/ssh/id_ed25519"], "stdout": True}
+    codes = {
+        "get secret": status_of(core.read_namespaced_secret, "labvm-alice", namespace),
+        "list secrets": status_of(core.list_namespaced_secret, namespace),
+        "watch secrets": status_of(
+            core.list_namespaced_secret, namespace, watch=True, timeout_seconds=1
+        ),
+        "list secrets elsewhere": status_of(core.list_namespaced_secret, "default"),
+        "exec (GET)": status_of(
+            core.connect_get_namespaced_pod_exec, "jupyter-alice", namespace, **exec_args
+        ),
+        "exec (POST)": status_of(
+            core.connect_post_namespaced_pod_exec, "jupyter-alice", namespace, **exec_args
+        ),
+    }
+    assert set(codes.values()) == {403}, codes

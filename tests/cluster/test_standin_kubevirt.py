@@ -5,8 +5,8 @@ The lifecycle test runs against either; the failure modes are the stand-in's
 """
 
 import pytest
-from fake_kubevirt_controller import FAILURE_ANNOTATION, FAILURE_CONFIGMAP, vmi_id_label
-from kube import KV, minimal_vm, wait_for, wait_gone
+from harness.fake_kubevirt_controller import FAILURE_ANNOTATION, FAILURE_CONFIGMAP, vmi_id_label
+from harness.kube import KV, minimal_vm, wait_for, wait_gone
 
 LABELS = {"app.kubernetes.io/component": "lab-vm", "hub.jupyter.org/username": "alice"}
 
@@ -48,7 +48,11 @@ def test_vm_to_running_vmi_and_launcher_pod(cluster, namespace):
     assert vmi["status"]["interfaces"][0]["ipAddress"] == pod["status"]["podIP"]
     assert vmi["status"]["nodeName"] == pod["spec"]["nodeName"]
 
-    wait_for("VM Running and ready", lambda: (cluster.vm(namespace, "alice-vm").get("status") or {}).get("ready"), 30)  # fmt: skip
+    wait_for(
+        "VM Running and ready",
+        lambda: (cluster.vm(namespace, "alice-vm").get("status") or {}).get("ready"),
+        30,
+    )
     assert printable(cluster, namespace, "alice-vm") == "Running"
 
     # Stop: runStrategy Halted removes the VMI and its pod, the VM stays.
@@ -119,7 +123,11 @@ def test_failure_modes(cluster, namespace, standin_only, mode, via):
         )
         vm = minimal_vm(name, labels=LABELS)
     cluster.create_vm(namespace, vm)
-    wait_for(f"printableStatus ~ {expect}", lambda: expect in (printable(cluster, namespace, name) or ""), 60)  # fmt: skip
+    wait_for(
+        f"printableStatus ~ {expect}",
+        lambda: expect in (printable(cluster, namespace, name) or ""),
+        60,
+    )
     if mode == "never-ready":
         wait_for("VMI Running", lambda: running_vmi(cluster, namespace, name), 30)
     check(cluster, namespace, name)

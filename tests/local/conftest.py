@@ -4,11 +4,11 @@ import os
 import shutil
 
 import pytest
-from hubctl import Hub
-from localhelpers import CLASH_PORT
+from harness.hubctl import Hub
+from harness.localhelpers import CLASH_PORT
 
-from kubevirt_spawner.guest import Guest, default_guest_dir
-from kubevirt_spawner.standalone import boot_lab_vm
+from kubevirt_spawner.local.guest import Guest, default_guest_dir
+from kubevirt_spawner.local.standalone import boot_lab_vm
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def hub(tmp_path_factory, guest):
 
 @pytest.fixture(scope="module")
 def lab_vm(guest, tmp_path_factory):
-    """One lab VM (no hub: kubevirt_spawner.standalone) for a whole test module."""
+    """One lab VM (no hub: kubevirt_spawner.local.standalone) for a whole test module."""
     vm = boot_lab_vm(guest.root, rundir=tmp_path_factory.mktemp("vm"))
     yield vm
     vm.stop()

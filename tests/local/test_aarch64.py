@@ -18,9 +18,9 @@ import subprocess
 import time
 
 import pytest
-from hubctl import Hub
-from localhelpers import assert_nothing_left
-from notebook_helpers import (
+from harness.hubctl import Hub
+from harness.localhelpers import assert_nothing_left
+from harness.notebook_helpers import (
     NOTEBOOKS,
     errors_outside_grade_cells,
     execute,
@@ -29,9 +29,9 @@ from notebook_helpers import (
 )
 
 from kubevirt_spawner.arch import toolchain_env
-from kubevirt_spawner.guest import Guest, default_guest_dir
-from kubevirt_spawner.lab import LabError
-from kubevirt_spawner.standalone import boot_lab_vm
+from kubevirt_spawner.lab import LabError, LabVM
+from kubevirt_spawner.local.guest import Guest, default_guest_dir
+from kubevirt_spawner.local.standalone import boot_lab_vm
 
 pytestmark = pytest.mark.local
 
@@ -192,13 +192,13 @@ def test_instructor_notebook_passes_on_aarch64(lab, arm_vm, arm_kenv, tmp_path):
     assert errors_outside_grade_cells(nb) == []
     assert arm_vm.alive(), f"QEMU died after {lab}:\n{arm_vm.console_tail()}"
     assert "Kernel panic" not in arm_vm.console_tail(200), f"kernel panicked in {lab}"
-    oops = arm_vm.vm.run("dmesg | grep -E 'BUG:|Oops|WARNING:' || true").stdout.strip()
+    oops = LabVM(arm_vm.env).run("dmesg | grep -E 'BUG:|Oops|WARNING:' || true").stdout.strip()
     assert not oops, f"kernel complained during {lab}: {oops}"
 
 
 def test_reset_and_kexec_into_an_arm64_image(arm_vm, arm_guest, tmp_path):
     """`labvm reset` (QMP system_reset) and `labvm boot-kernel` (kexec) on arm64."""
-    vm = arm_vm.vm
+    vm = LabVM(arm_vm.env)
     vm.run("touch /root/before-reset")
     vm.reset()
     assert "before-reset" not in vm.run("ls /root").stdout, "reset kept the old root filesystem"
@@ -226,6 +226,7 @@ def test_compile_program_cross_compiles_static_for_aarch64(monkeypatch, tmp_path
     header = out.read_bytes()[:20]
     assert header[:4] == b"\x7fELF"
     assert int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
-    segments = subprocess.run(["aarch64-linux-gnu-readelf", "-l", str(out)],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    segments = subprocess.run(
+        ["aarch64-linux-gnu-readelf", "-l", str(out)], capture_output=True, text=True, check=True
+    ).stdout
     assert "INTERP" not in segments, f"not static (it names a program interpreter):\n{segments}"

@@ -1,53 +1,25 @@
 """hub-config/local_config.py as `make demo` runs it: passwords printed at
 start, students and the instructor log in, wrong passwords are refused."""
 
-import os
 import re
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 import requests
-from hubctl import REPO, free_port
+from harness.demo_hub import Demo
 
 pytestmark = pytest.mark.local
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    state = tmp_path_factory.mktemp("demo")
-    port = free_port()
-    # The course account must reach its course root: not under pytest's 0700 tmp.
-    course_base = tempfile.mkdtemp(prefix="kvs-course-", dir="/tmp")
-    os.chmod(course_base, 0o755)
-    env = {**os.environ, "KVS_DEMO_STATE": str(state), "KVS_DEMO_PORT": str(port),
-           "KVS_COURSE_ROOT": f"{course_base}/course", "KVS_NBGRADER_EXCHANGE": f"{course_base}/exchange",
-           "KVS_COURSE_SERVICE_PORT": str(free_port()), "KVS_LAB_MANAGER_PORT": str(free_port())}  # fmt: skip
-    log = open(state / "hub.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "hub-config/local_config.py"),
-         f"--JupyterHub.hub_port={free_port()}",
-         f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{free_port()}"],
-        cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/hub/api/", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("demo hub did not start:\n" + (state / "hub.log").read_text())
-    yield url, state
-    proc.terminate()
-    proc.wait(30)
-    shutil.rmtree(course_base, ignore_errors=True)
+    d = Demo(tmp_path_factory.mktemp("demo"))
+    try:
+        d.start()
+        yield d.url, d.state
+    finally:
+        d.close()
 
 
 def login(url: str, user: str, password: str) -> requests.Session:
@@ -102,9 +74,48 @@ def test_course_service_serves_graders_only(demo):
     out = subprocess.run(
         ["ps", "-ww", "-eo", "user:32,args"], capture_output=True, text=True
     ).stdout
-    (line,) = [ln for ln in out.splitlines()
-               if "jupyterhub.singleuser" in ln and "kvs-course-" in ln]  # fmt: skip
+    (line,) = [
+        ln for ln in out.splitlines() if "jupyterhub.singleuser" in ln and "kvs-course-" in ln
+    ]
     assert line.split()[0] == "grader-os-lab"
     student = login(url, "kvst-frank", kept["student"])
     r = student.get(f"{url}/services/os-lab/formgrader", timeout=30)
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        pytest.param(
+            "KVS_DEMO_PORT",
+            "eighty",
+            "make demo: KVS_DEMO_PORT must be a TCP port number (1-65535), not 'eighty'",
+            id="port",
+        ),
+        pytest.param(
+            "KVS_DEMO_STATE",
+            "relative/state",
+            "make demo: KVS_DEMO_STATE must be an absolute path, not 'relative/state'",
+            id="state",
+        ),
+        pytest.param(
+            "KVS_COURSE_AUTO_RELEASE",
+            "maybe",
+            "make demo: KVS_COURSE_AUTO_RELEASE must be 1 or 0 (yes/no, true/false), not 'maybe'",
+            id="course-flag",
+        ),
+    ],
+)
+def test_a_wrong_environment_stops_the_demo_in_one_line(tmp_path, var, value, message):
+    d = Demo(tmp_path / "log", extra_env={var: value})
+    d.state.mkdir()
+    if var != "KVS_DEMO_STATE":
+        d.env["KVS_DEMO_STATE"] = str(tmp_path / "state")
+    try:
+        with pytest.raises(RuntimeError, match="demo exited"):
+            d.start(timeout=60)
+        assert d.log_path.read_text().strip().splitlines()[-1] == message
+        assert not (tmp_path / "state").exists(), "the demo made its state before refusing"
+        assert not d.course_root.exists()
+    finally:
+        d.close()

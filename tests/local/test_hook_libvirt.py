@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from harness.hubctl import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location(
@@ -55,12 +56,6 @@ def libvirtd():
         assert time.monotonic() < deadline, "libvirtd did not answer within 20s"
         time.sleep(0.5)
     return URI
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kubevirt_shaped_domain(name: str, work: Path, kernel: Path, initrd: Path) -> str:
@@ -165,11 +160,26 @@ def test_hook_output_validates_starts_and_gdb_hits_a_breakpoint(libvirtd, domain
         console.connect(str(work / "virt-serial0"))
         console.settimeout(0.5)
         gdb = subprocess.Popen(
-            ["gdb", "-q", "-nx", "-batch", "-ex", f"file {guest.vmlinux}",
-             "-ex", f"target remote 127.0.0.1:{port}", "-ex", "hbreak __x64_sys_newuname",
-             "-ex", "continue", "-ex", "bt 1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                "gdb",
+                "-q",
+                "-nx",
+                "-batch",
+                "-ex",
+                f"file {guest.vmlinux}",
+                "-ex",
+                f"target remote 127.0.0.1:{port}",
+                "-ex",
+                "hbreak __x64_sys_newuname",
+                "-ex",
+                "continue",
+                "-ex",
+                "bt 1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         t1 = time.monotonic()
         deadline = t1 + 90
         console_log = b""

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from localhelpers import assert_nothing_left, qemu_for
+from harness.localhelpers import assert_nothing_left, qemu_for
 
 pytestmark = pytest.mark.local
 

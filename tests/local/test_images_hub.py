@@ -2,7 +2,7 @@
 through its entry point and lists its settings."""
 
 import pytest
-from images_helpers import Buildah, index
+from harness.images_helpers import Buildah, index
 
 pytestmark = pytest.mark.local
 
@@ -17,8 +17,11 @@ def test_jupyterhub_help_all_lists_kubevirtspawner_traits():
         for trait in ("vm_images", "vm_debug_hook", "vm_cpus", "vm_memory", "with_vm"):
             assert f"--KubeVirtSpawner.{trait}=" in out, trait
         # The z2jh config names the spawner by its entry point.
-        res = hub.run("python3", "-c",
-                      "from importlib.metadata import entry_points as e;"
-                      "print(e(group='jupyterhub.spawners')['kubevirt'].load().__name__)",
-                      user="1000")  # fmt: skip
+        res = hub.run(
+            "python3",
+            "-c",
+            "from importlib.metadata import entry_points as e;"
+            "print(e(group='jupyterhub.spawners')['kubevirt'].load().__name__)",
+            user="1000",
+        )
         assert res.stdout.strip() == "KubeVirtSpawner"

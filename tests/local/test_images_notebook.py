@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from images_helpers import Buildah, index, values_vm_image, write_hello_module
+from harness.images_helpers import Buildah, index, values_vm_image, write_hello_module
 
 pytestmark = pytest.mark.local
 
@@ -46,9 +46,16 @@ def test_labvm_help_and_no_vm_message(nb):
 
 
 def test_student_tools_are_there(nb):
-    for argv in (["strace", "-V"], ["ssh", "-V"], ["socat", "-V"], ["gcc", "--version"],
-                 ["make", "--version"], ["qemu-system-x86_64", "--version"],
-                 ["gdb-multiarch", "--version"], ["/bin/busybox", "true"]):  # fmt: skip
+    for argv in (
+        ["strace", "-V"],
+        ["ssh", "-V"],
+        ["socat", "-V"],
+        ["gcc", "--version"],
+        ["make", "--version"],
+        ["qemu-system-x86_64", "--version"],
+        ["gdb-multiarch", "--version"],
+        ["/bin/busybox", "true"],
+    ):
         nb.run(*argv, user="1000:100")
 
 
@@ -56,8 +63,16 @@ def test_cross_compiles_static_programs_for_aarch64_vms(nb, tmp_path):
     """What checks.compile_program runs for LAB_ARCH=aarch64, inside the image."""
     (tmp_path / "hi.c").write_text('#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n')
     os.chmod(tmp_path, 0o777)
-    nb.run("aarch64-linux-gnu-gcc", "-static", "-O1", "-o", "/work/hi", "/work/hi.c",
-           user="1000:100", volumes=(f"{tmp_path}:/work",))  # fmt: skip
+    nb.run(
+        "aarch64-linux-gnu-gcc",
+        "-static",
+        "-O1",
+        "-o",
+        "/work/hi",
+        "/work/hi.c",
+        user="1000:100",
+        volumes=(f"{tmp_path}:/work",),
+    )
     elf = (tmp_path / "hi").read_bytes()[:20]
     assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183  # EM_AARCH64
 
@@ -66,13 +81,21 @@ def test_gdb_loads_the_vm_kernel_symbols_and_scripts(built, nb):
     paths = values_vm_image("debian-12")
     kdir = paths["kdir"]
     out = nb.run(
-        "gdb", "-batch", "-nx", "-iex", f"add-auto-load-safe-path {kdir}",
-        "-ex", f"file {paths['vmlinux']}",
-        "-ex", "info line __x64_sys_newuname",
-        "-ex", "ptype struct list_head",
-        "-ex", "help lx-dmesg",
+        "gdb",
+        "-batch",
+        "-nx",
+        "-iex",
+        f"add-auto-load-safe-path {kdir}",
+        "-ex",
+        f"file {paths['vmlinux']}",
+        "-ex",
+        "info line __x64_sys_newuname",
+        "-ex",
+        "ptype struct list_head",
+        "-ex",
+        "help lx-dmesg",
         user="1000:100",
-    ).stdout  # fmt: skip
+    ).stdout
     assert re.search(r'Line \d+ of "kernel/sys\.c"', out), out
     assert "struct list_head *next" in out, out
     assert "Print Linux kernel log buffer" in out, out  # vmlinux-gdb.py was loaded
@@ -85,9 +108,14 @@ def test_module_builds_against_the_baked_kdir(built, nb, tmp_path):
     src = write_hello_module(tmp_path / "hello")
     os.chmod(src, 0o777)
     nb.run(
-        "make", "-C", kdir, "M=/home/jovyan/hello", "modules",
-        user="1000:100", volumes=(f"{src}:/home/jovyan/hello",),
-    )  # fmt: skip
+        "make",
+        "-C",
+        kdir,
+        "M=/home/jovyan/hello",
+        "modules",
+        user="1000:100",
+        volumes=(f"{src}:/home/jovyan/hello",),
+    )
     ko = src / "hello.ko"
     assert ko.is_file()
     vermagic = subprocess.run(

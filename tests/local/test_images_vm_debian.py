@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,14 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
-from images_helpers import Buildah, index, kubevirt_seed_files, make_seed_iso, write_hello_module
+from harness.hubctl import free_port
+from harness.images_helpers import (
+    Buildah,
+    index,
+    kubevirt_seed_files,
+    make_seed_iso,
+    write_hello_module,
+)
+from harness.kubefakes import HUB, User, orm_spawner
 
 from kubevirt_spawner.lab import LabEnv, LabVM
-from kubevirt_spawner.qemu import MARK_SSH_READY, gdb_remote_for_socket
+from kubevirt_spawner.local.qemu import MARK_SSH_READY, gdb_remote_for_socket
 from kubevirt_spawner.sshkeys import known_hosts_line, make_ssh_keypair
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from kubefakes import HUB, User, orm_spawner
 
 pytestmark = pytest.mark.local
 
@@ -50,13 +54,23 @@ def spawner_objects(tmp: Path) -> tuple[dict, object]:
         mp.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cfg))
         mp.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         load_config.cache_clear()
-        images = {"debian-12": {"containerdisk": {"x86_64": "localhost/vm-debian"},
-                                "vmlinux": "/v", "kdir": "/k"}}  # fmt: skip
+        images = {
+            "debian-12": {
+                "containerdisk": {"x86_64": "localhost/vm-debian"},
+                "vmlinux": "/v",
+                "kdir": "/k",
+            }
+        }
 
         async def build():
             # KubeSpawner makes its API clients for the running loop.
-            s = KubeVirtSpawner(user=User("student"), hub=HUB, orm_spawner=orm_spawner(""),
-                                namespace="lab", vm_images=images)  # fmt: skip
+            s = KubeVirtSpawner(
+                user=User("student"),
+                hub=HUB,
+                orm_spawner=orm_spawner(""),
+                namespace="lab",
+                vm_images=images,
+            )
             await s.load_user_options()
             return s.vm_manifests(client_key, host_key)
 
@@ -64,12 +78,6 @@ def spawner_objects(tmp: Path) -> tuple[dict, object]:
         objs = asyncio.run(build())
         load_config.cache_clear()
     return objs, host_key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +110,10 @@ def vm(built, disk, tmp_path_factory):
     secret, vmobj = objs["secret"], objs["virtualmachine"]
     seed = make_seed_iso(kubevirt_seed_files(secret, vmobj), d / "cidata.iso")
     overlay = d / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "qcow2",
-                    str(overlay)], check=True)  # fmt: skip
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(overlay)],
+        check=True,
+    )
     key = d / "id_ed25519"
     key.write_text(secret["stringData"]["id_ed25519"])
     key.chmod(0o600)
@@ -114,20 +124,49 @@ def vm(built, disk, tmp_path_factory):
     # The devices KubeVirt gives it (make_vm): q35, both disks on virtio,
     # virtio-net, virtio-rng; the gdbstub the debug hook adds.
     argv = [
-        "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
-        "-machine", "q35", "-accel", "tcg,tb-size=128", "-m", "1024", "-smp", "1",
-        "-drive", f"file={overlay},if=virtio,format=qcow2",
-        "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
-        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci",
-        "-serial", f"file:{console}", "-gdb", f"unix:{gdb_sock},server=on,wait=off",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg,tb-size=128",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-drive",
+        f"file={overlay},if=virtio,format=qcow2",
+        "-drive",
+        f"file={seed},if=virtio,format=raw,readonly=on",
+        "-netdev",
+        f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-device",
+        "virtio-rng-pci",
+        "-serial",
+        f"file:{console}",
+        "-gdb",
+        f"unix:{gdb_sock},server=on,wait=off",
+    ]
     t0 = time.monotonic()
-    qemu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
-    env = LabEnv(vm_host="127.0.0.1", ssh_port=port, gdb_remote=gdb_remote_for_socket(gdb_sock),
-                 vmlinux=f"{built['vm_kernel']['dir']}/vmlinux", kdir=built["vm_kernel"]["dir"],
-                 arch="x86_64", ssh_key=str(key), known_hosts=str(known), backend="kubevirt")  # fmt: skip
+    qemu = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    env = LabEnv(
+        vm_host="127.0.0.1",
+        ssh_port=port,
+        gdb_remote=gdb_remote_for_socket(gdb_sock),
+        vmlinux=f"{built['vm_kernel']['dir']}/vmlinux",
+        kdir=built["vm_kernel"]["dir"],
+        arch="x86_64",
+        ssh_key=str(key),
+        known_hosts=str(known),
+        backend="kubevirt",
+    )
     lab = LabVM(env)
 
     def console_text() -> str:
@@ -138,11 +177,15 @@ def vm(built, disk, tmp_path_factory):
         # hostfwd accepts before sshd listens: wait for the console marker.
         while MARK_SSH_READY not in console_text():
             if qemu.poll() is not None:
-                pytest.fail(f"QEMU exited {qemu.returncode}: {qemu.stderr.read().decode()}\n"
-                            f"console:\n{console_text()[-4000:]}")  # fmt: skip
+                pytest.fail(
+                    f"QEMU exited {qemu.returncode}: {qemu.stderr.read().decode()}\n"
+                    f"console:\n{console_text()[-4000:]}"
+                )
             if time.monotonic() > deadline:
-                pytest.fail(f"no '{MARK_SSH_READY}' within {BOOT_TIMEOUT}s; console:\n"
-                            f"{console_text()[-6000:]}")  # fmt: skip
+                pytest.fail(
+                    f"no '{MARK_SSH_READY}' within {BOOT_TIMEOUT}s; console:\n"
+                    f"{console_text()[-6000:]}"
+                )
             time.sleep(1)
         lab.wait_ready(timeout=max(30, deadline - time.monotonic()))
         print(f"VM booted to ssh in {time.monotonic() - t0:.0f}s", file=sys.stderr)
@@ -160,7 +203,9 @@ def test_ssh_with_the_spawners_key_runs_the_lab_kernel(built, vm):
     assert lab.run("hostname").stdout.strip() == vmobj["metadata"]["name"]
     # Only the pinned key: the image shipped none and cloud-init made no others.
     assert lab.run("cd /etc/ssh && ls ssh_host_*").stdout.split() == [
-        "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]  # fmt: skip
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ]
     status = lab.run("cloud-init status --long", check=False).stdout
     assert "status: done" in status, status
     # The user-data passes this cloud-init's own schema check.
@@ -173,8 +218,11 @@ def test_ssh_with_the_spawners_key_runs_the_lab_kernel(built, vm):
 def test_module_built_against_the_vm_kernel_loads(built, vm, tmp_path):
     lab, _, _ = vm
     src = write_hello_module(tmp_path / "hello")
-    subprocess.run(["make", "-s", "-C", built["vm_kernel"]["dir"], f"M={src}", "modules"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["make", "-s", "-C", built["vm_kernel"]["dir"], f"M={src}", "modules"],
+        check=True,
+        capture_output=True,
+    )
     assert "hello-image: loaded" in lab.insmod(src / "hello.ko")
     assert "hello" in lab.run("lsmod").stdout
     assert "hello-image: bye" in lab.rmmod("hello")

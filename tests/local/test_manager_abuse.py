@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from manager_hub import INSTRUCTOR, call, cleanup, qemu_pid, start_hub, user_token, wait_for
+from harness.manager_hub import INSTRUCTOR, call, cleanup, qemu_pid, start_hub, user_token, wait_for
 
 from kubevirt_spawner.lab import LabEnv, LabVM
 from kubevirt_spawner.manager.core import LabManager, Settings
@@ -31,13 +31,20 @@ THRESHOLD = 0.15  # cores: an idle TCG guest uses ~0.01-0.1; a burner up to 1 co
 def hub(tmp_path_factory, guest):
     h = start_hub(
         tmp_path_factory.mktemp("mgr-abuse"),
-        ["--sample-interval=2", f"--cpu-threshold={THRESHOLD}", f"--cpu-window={WINDOW}",
-         "--notebook-idle=5", "--inspect-every=4", "--abuse-action=flag", "--reap-every=0"],
+        [
+            "--sample-interval=2",
+            f"--cpu-threshold={THRESHOLD}",
+            f"--cpu-window={WINDOW}",
+            "--notebook-idle=5",
+            "--inspect-every=4",
+            "--abuse-action=flag",
+            "--reap-every=0",
+        ],
         # The hub hears of notebook activity (terminals included) every
         # JUPYTERHUB_ACTIVITY_INTERVAL seconds, 300 by default: far coarser than
         # this test's 5 s notebook-idle, so report every 2 s here.
         extra='c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}\n',
-    )  # fmt: skip
+    )
     try:
         for name in (MINER, BUILDER):
             assert h.spawn(name)[-1].get("ready"), h.log_tail()
@@ -60,9 +67,18 @@ def vm_of(hub, name) -> LabVM:
     """The student's VM as root reaches it (the server's own key in its runtime dir)."""
     state = hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]
     rd = Path(state["rundir"])
-    return LabVM(LabEnv(vm_host="127.0.0.1", ssh_port=state["vm_ssh_port"], gdb_remote="",
-                        vmlinux="", kdir="", arch="x86_64", ssh_key=str(rd / "id_ed25519"),
-                        known_hosts=str(rd / "known_hosts")))  # fmt: skip
+    return LabVM(
+        LabEnv(
+            vm_host="127.0.0.1",
+            ssh_port=state["vm_ssh_port"],
+            gdb_remote="",
+            vmlinux="",
+            kdir="",
+            arch="x86_64",
+            ssh_key=str(rd / "id_ed25519"),
+            known_hosts=str(rd / "known_hosts"),
+        )
+    )
 
 
 def flags(hub, user=None) -> list[dict]:
@@ -133,8 +149,10 @@ async def test_burner_is_flagged_module_build_is_not(hub):
     builder = [c for _, c in history(hub, BUILDER)]
     print(f"\nflagged after {took:.0f}s; {builds} module builds meanwhile")
     print(f"burner VM CPU (cores): min {min(burner[-8:]):.2f} max {max(burner):.2f}")
-    print(f"builder VM CPU (cores): median {sorted(builder)[len(builder) // 2]:.2f} "
-          f"max {max(builder):.2f}")  # fmt: skip
+    print(
+        f"builder VM CPU (cores): median {sorted(builder)[len(builder) // 2]:.2f} "
+        f"max {max(builder):.2f}"
+    )
     assert builds >= 1
     assert flags(hub, BUILDER) == [], "an ordinary module build was flagged"
     # The flag still stands (flag-only action): the server keeps running.
@@ -145,13 +163,16 @@ async def test_burner_is_flagged_module_build_is_not(hub):
 
 def test_miner_process_and_pool_port_are_flagged(hub):
     vm = vm_of(hub, MINER)
-    vm.run("printf '#!/bin/sh\\nwhile :; do sleep 1; done\\n' > /root/xmrig && chmod +x /root/xmrig"
-           " && setsid /root/xmrig </dev/null >/dev/null 2>&1 &")  # fmt: skip
+    vm.run(
+        "printf '#!/bin/sh\\nwhile :; do sleep 1; done\\n' > /root/xmrig && chmod +x /root/xmrig"
+        " && setsid /root/xmrig </dev/null >/dev/null 2>&1 &"
+    )
     # Pools are out of reach (QEMU refuses every outside connection at once,
     # too briefly to be seen): try a neighbour that never answers, so the
     # attempt stays in SYN_SENT, as it does behind a dropping firewall.
-    vm.run("setsid sh -c 'while :; do nc 10.0.2.99 3333 </dev/null; done' "
-           "</dev/null >/dev/null 2>&1 &")  # fmt: skip
+    vm.run(
+        "setsid sh -c 'while :; do nc 10.0.2.99 3333 </dev/null; done' </dev/null >/dev/null 2>&1 &"
+    )
 
     def rules():
         return {f["rule"] for f in flags(hub, MINER)}
@@ -174,10 +195,16 @@ async def test_stop_action_stops_the_server_and_keeps_the_flag(hub, tmp_path):
     m = LabManager(
         HubClient(f"{hub.url}/hub/api", hub.token),
         store,
-        Settings(runtime_root=hub.runtime_root, abuse_action="stop", inspect_interval=0,
-                 cpu_threshold=THRESHOLD, cpu_window=WINDOW, notebook_idle=5),
+        Settings(
+            runtime_root=hub.runtime_root,
+            abuse_action="stop",
+            inspect_interval=0,
+            cpu_threshold=THRESHOLD,
+            cpu_window=WINDOW,
+            notebook_idle=5,
+        ),
         Metrics(),
-    )  # fmt: skip
+    )
     await m.refresh()
     raised = await m.check_abuse()
     assert {(s.user, f.rule) for s, f in raised} >= {(MINER, "miner-process")}

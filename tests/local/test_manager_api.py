@@ -8,19 +8,21 @@ import sys
 import time
 
 import pytest
-from manager_hub import (
+import requests
+from harness.manager_hub import (
     INSTRUCTOR,
     call,
     cleanup,
     console_log,
     qemu_pid,
     server_token,
+    service_url,
     start_hub,
     user_token,
     wait_for,
 )
 
-from kubevirt_spawner.qemu import MARK_SSH_READY
+from kubevirt_spawner.local.qemu import MARK_SSH_READY
 
 pytestmark = pytest.mark.local
 
@@ -52,13 +54,19 @@ def boots(hub, name) -> int:
 
 
 def test_help_and_bad_command_line():
-    out = subprocess.run([sys.executable, "-m", "kubevirt_spawner.manager", "--help"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "kubevirt_spawner.manager", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "--idle-timeout" in out.stdout and "--abuse-action" in out.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "kubevirt_spawner.manager", "--abuse-action=explode"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "abuse_action" in bad.stderr
 
 
@@ -89,7 +97,7 @@ async def test_another_users_token_is_refused(hub):
     term = await hub.terminal(BOB)
     try:
         out = await term.run(
-            'python3 -c "from kubevirt_spawner.manager.client import call; '
+            'python3 -c "from kubevirt_spawner.managerclient import call; '
             "call('POST', 'api/users/kvsm-alice/reset', {})\" 2>&1 | tail -1"
         )
     finally:
@@ -110,7 +118,7 @@ async def test_check_results_reach_the_grid(hub):
     term = await hub.terminal(ALICE)
     try:
         out = await term.run(
-            'python3 -c "from kubevirt_spawner.manager.client import report_check as r; '
+            'python3 -c "from kubevirt_spawner.managerclient import report_check as r; '
             "r('lab1', 'wordcount', False, 'expected 3, saw 2'); r('lab1', 'wordcount', True); "
             "print('reported')\""
         )
@@ -122,8 +130,13 @@ async def test_check_results_reach_the_grid(hub):
     (row,) = [x for x in r.json()["results"] if x["user"] == ALICE]
     assert (row["check"], row["passed"], row["attempts"]) == ("wordcount", True, 2)
     # The format kubevirt_spawner.checks sends (lab taken from the check id):
-    r = call(hub, "POST", "api/progress", hub.tokens[BOB],
-             json={"user": BOB, "check": "lab2.strace", "passed": False, "message": "no"})  # fmt: skip
+    r = call(
+        hub,
+        "POST",
+        "api/progress",
+        hub.tokens[BOB],
+        json={"user": BOB, "check": "lab2.strace", "passed": False, "message": "no"},
+    )
     assert r.status_code == 201, r.text
     assert r.json() == {"user": BOB, "lab": "lab2", "check": "lab2.strace", "passed": False}
     # Students cannot read the grid.
@@ -142,21 +155,57 @@ def bad_requests(t):
         ("student reads VMs", "GET", "api/vms", alice, None, 403),
         ("student opens the dashboard", "GET", "", alice, None, 403),
         ("forged token", "GET", "api/vms", "not-a-token", None, 401),
-        ("forged token on progress", "POST", "api/progress", "0" * 32,
-         j({"lab": "l", "check": "c", "passed": True}), 401),
+        (
+            "forged token on progress",
+            "POST",
+            "api/progress",
+            "0" * 32,
+            j({"lab": "l", "check": "c", "passed": True}),
+            401,
+        ),
         ("malformed JSON", "POST", "api/progress", alice, "{lab: 1", 400),
         ("JSON not an object", "POST", "api/progress", alice, "[1, 2]", 400),
         ("binary body", "POST", "api/progress", alice, b"\xff\xfe\x00", 400),
-        ("passed not a bool", "POST", "api/progress", alice,
-         j({"lab": "l", "check": "c", "passed": "yes"}), 400),
-        ("bad lab name", "POST", "api/progress", alice,
-         j({"lab": "../etc", "check": "c", "passed": True}), 400),
-        ("unknown field", "POST", "api/progress", alice,
-         j({"lab": "l", "check": "c", "passed": True, "grade": 100}), 400),
-        ("time far away", "POST", "api/progress", alice,
-         j({"lab": "l", "check": "c", "passed": True, "time": 1e12}), 400),
-        ("reporting as someone else", "POST", "api/progress", alice,
-         j({"user": BOB, "lab": "l", "check": "c", "passed": True}), 403),
+        (
+            "passed not a bool",
+            "POST",
+            "api/progress",
+            alice,
+            j({"lab": "l", "check": "c", "passed": "yes"}),
+            400,
+        ),
+        (
+            "bad lab name",
+            "POST",
+            "api/progress",
+            alice,
+            j({"lab": "../etc", "check": "c", "passed": True}),
+            400,
+        ),
+        (
+            "unknown field",
+            "POST",
+            "api/progress",
+            alice,
+            j({"lab": "l", "check": "c", "passed": True, "grade": 100}),
+            400,
+        ),
+        (
+            "time far away",
+            "POST",
+            "api/progress",
+            alice,
+            j({"lab": "l", "check": "c", "passed": True, "time": 1e12}),
+            400,
+        ),
+        (
+            "reporting as someone else",
+            "POST",
+            "api/progress",
+            alice,
+            j({"user": BOB, "lab": "l", "check": "c", "passed": True}),
+            403,
+        ),
         ("huge body", "POST", "api/progress", alice, HUGE, 413),
         ("huge body on an action", "POST", f"api/users/{ALICE}/reset", alice, HUGE, 413),
         ("unknown user", "POST", "api/users/nobody-here/reset", teach, None, 404),
@@ -169,7 +218,10 @@ def bad_requests(t):
         ("unknown flag", "POST", "api/flags/999999/clear", teach, None, 404),
         ("student clears a flag", "POST", "api/flags/1/clear", alice, None, 403),
         ("student reads metrics", "GET", "metrics", alice, None, 403),
-    ]  # fmt: skip
+        ("wrong method on progress", "DELETE", "api/progress", teach, None, 405),
+        ("wrong method on an action", "GET", f"api/users/{ALICE}/reset", teach, None, 405),
+        ("wrong method on the VM list", "POST", "api/vms", teach, "{}", 405),
+    ]
 
 
 def test_bad_input_everywhere_is_a_clear_4xx_without_side_effects(hub):
@@ -206,8 +258,10 @@ def test_instructor_sees_both_vms_and_metrics(hub):
             r["cpu"] is not None and len(r["history"]) >= 2
             for r in call(hub, "GET", "api/vms", teach).json()["rows"]
         ),
-        30, "CPU samples of both VMs", hub,
-    )  # fmt: skip
+        30,
+        "CPU samples of both VMs",
+        hub,
+    )
     rows = {r["user"]: r for r in call(hub, "GET", "api/vms", teach).json()["rows"]}
     assert set(rows) == {ALICE, BOB}
     for r in rows.values():
@@ -238,3 +292,25 @@ def test_instructor_restarts_and_stops_servers(hub):
     wait_for(lambda: hub.server_state(ALICE) is None, 120, "alice's server to stop", hub)
     r = call(hub, "POST", f"api/users/{ALICE}/reset", teach)
     assert r.status_code == 404 and "no running server" in r.json()["message"]
+
+
+def test_a_cookie_authenticated_post_needs_the_xsrf_token(hub):
+    """An instructor logged in through the hub (OAuth cookie, as the dashboard
+    page is): a POST without the XSRF header is refused, so another site
+    cannot make the instructor's browser reset or stop VMs."""
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login", timeout=30)
+    s.post(
+        f"{hub.url}/hub/login",
+        data={"username": INSTRUCTOR, "password": "x", "_xsrf": s.cookies.get("_xsrf")},
+        timeout=30,
+    )
+    page = s.get(service_url(hub), timeout=60)  # through the OAuth redirects
+    assert page.status_code == 200 and "Lab manager" in page.text, page.text[:300]
+    path = service_url(hub, "api/flags/999999/clear")
+    refused = s.post(path, timeout=30)
+    # (HubOAuth does not count a cookie that comes without its XSRF token)
+    assert refused.status_code in (401, 403), refused.text
+    xsrf = s.cookies.get("_xsrf", path="/services/lab-manager/") or s.cookies.get("_xsrf")
+    allowed = s.post(path, headers={"X-XSRFToken": xsrf}, timeout=30)
+    assert allowed.status_code == 404 and "no open flag" in allowed.json()["message"], allowed.text

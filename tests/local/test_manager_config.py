@@ -2,59 +2,42 @@
 with the hub, the instructor (an admin) reaches the dashboard through the
 hub's login, a student does not, and notebook servers get LAB_MANAGER_URL."""
 
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
-from hubctl import REPO, free_port
+from harness.demo_hub import Demo
+from harness.hubctl import REPO
 
 pytestmark = pytest.mark.local
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    state = tmp_path_factory.mktemp("demo-mgr")
-    port, mport = free_port(), free_port()
-    env = {**os.environ, "KVS_DEMO_STATE": str(state), "KVS_DEMO_PORT": str(port),
-           "KVS_LAB_MANAGER_PORT": str(mport)}  # fmt: skip
-    log = open(state / "hub.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", str(REPO / "hub-config/local_config.py"),
-         f"--JupyterHub.hub_port={free_port()}",
-         f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{free_port()}"],
-        cwd=state, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/services/lab-manager/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, 9)
-        pytest.fail("demo hub or lab manager did not start:\n" + (state / "hub.log").read_text())
-    yield url, state, mport
-    os.killpg(proc.pid, 15)
-    proc.wait(30)
+    d = Demo(tmp_path_factory.mktemp("demo-mgr"))
+    try:
+        d.start(wait_for="/services/lab-manager/health")
+        yield d.url, d.state, int(d.env["KVS_LAB_MANAGER_PORT"]), d.env
+    finally:
+        d.close()
 
 
 def session(url, user, password) -> requests.Session:
     s = requests.Session()
     s.get(f"{url}/hub/login", timeout=10)
-    r = s.post(f"{url}/hub/login", timeout=30, allow_redirects=False,
-               data={"username": user, "password": password, "_xsrf": s.cookies.get("_xsrf")})  # fmt: skip
+    r = s.post(
+        f"{url}/hub/login",
+        timeout=30,
+        allow_redirects=False,
+        data={"username": user, "password": password, "_xsrf": s.cookies.get("_xsrf")},
+    )
     assert r.status_code == 302, r.text
     return s
 
 
 def test_instructor_reaches_dashboard_student_does_not(demo):
-    url, state, _ = demo
+    url, state, _, _ = demo
     pw = dict(line.split(" ", 1) for line in (state / "passwords").read_text().splitlines())
     teach = session(url, "instructor", pw["instructor"])
     r = teach.get(f"{url}/services/lab-manager/", timeout=30)
@@ -68,14 +51,20 @@ def test_instructor_reaches_dashboard_student_does_not(demo):
 
 
 def test_notebooks_learn_the_manager_url(demo):
-    _, state, mport = demo
+    _, state, mport, env = demo
     # The spawner's environment, as the hub would hand it to a notebook server.
     out = subprocess.run(
-        [sys.executable, "-c",
-         "from traitlets.config import PyFileConfigLoader as L; import os;"
-         f"os.environ.update(KVS_DEMO_STATE={str(state)!r}, KVS_LAB_MANAGER_PORT='{mport}');"
-         f"c = L('local_config.py', {str(REPO / 'hub-config')!r}).load_config();"
-         "print(c.Spawner.environment.to_dict()['update']['LAB_MANAGER_URL'])"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "from traitlets.config import PyFileConfigLoader as L; import os;"
+            f"os.environ.update(KVS_DEMO_STATE={str(state)!r}, KVS_LAB_MANAGER_PORT='{mport}');"
+            f"c = L('local_config.py', {str(REPO / 'hub-config')!r}).load_config();"
+            "print(c.Spawner.environment.to_dict()['update']['LAB_MANAGER_URL'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.stdout.strip().endswith(f":{mport}/services/lab-manager/"), out.stderr[-2000:]

@@ -11,7 +11,7 @@ from unittest import mock
 
 import jupyterhub_idle_culler
 import pytest
-from manager_hub import cleanup, nothing_left, qemu_pid, start_hub, vm_pids, wait_for
+from harness.manager_hub import cleanup, nothing_left, qemu_pid, start_hub, vm_pids, wait_for
 
 from kubevirt_spawner.manager.core import LabManager, Settings
 from kubevirt_spawner.manager.hubclient import HubClient
@@ -29,9 +29,15 @@ def hub(tmp_path_factory, guest):
     # in-process manager below (time travel), so it is off in the service.
     h = start_hub(
         tmp_path_factory.mktemp("mgr-reaper"),
-        ["--reap-every=3", "--orphan-grace=5", "--idle-timeout=0", "--max-age=0",
-         "--sample-interval=2", "--inspect-every=3600"],
-    )  # fmt: skip
+        [
+            "--reap-every=3",
+            "--orphan-grace=5",
+            "--idle-timeout=0",
+            "--max-age=0",
+            "--sample-interval=2",
+            "--inspect-every=3600",
+        ],
+    )
     try:
         for name in (ALICE, BOB):
             assert h.spawn(name)[-1].get("ready"), h.log_tail()
@@ -79,8 +85,11 @@ async def test_idle_and_over_age_servers_are_stopped(hub):
     now = datetime.now(timezone.utc)
     # Alice is "active" 45 minutes from now; bob last did something at spawn.
     soon = (now + timedelta(minutes=45)).isoformat()
-    r = hub.api("POST", f"/users/{ALICE}/activity",
-                json={"last_activity": soon, "servers": {"": {"last_activity": soon}}})  # fmt: skip
+    r = hub.api(
+        "POST",
+        f"/users/{ALICE}/activity",
+        json={"last_activity": soon, "servers": {"": {"last_activity": soon}}},
+    )
     assert r.status_code in (200, 204), r.text
     later = now + timedelta(minutes=50)
     m = manager_for(hub, idle_timeout=40 * 60, max_age=0)

@@ -1,16 +1,16 @@
-"""Labs 4 (add a system call) and 8 (trim a kernel) against a real lab VM:
-they rebuild kernels, so they live apart from test_notebooks.py.
+"""Labs 4 (add a system call) and 8 (trim a kernel) against a real lab VM,
+through nbgrader's round trip as in test_notebooks.py: they rebuild kernels,
+so they live apart.
 
 Lab 4 really rebuilds the course kernel with the student's system call in a
 ``labvm kernel-tree`` farm, kexecs the VM into it, calls syscall 451 and
 resets back. Lab 8 really configures and builds a tinyconfig kernel, makes a
-busybox initramfs and boots it in QEMU with the edu device. The nbgrader
-round trip then grades both: the solutions score full marks; the untouched
-release scores only the free point and every other check says why in one line.
+busybox initramfs and boots it in QEMU with the edu device. The solutions
+(``bob``) score full marks with no error in any cell; the untouched release
+(``alice``) only the free point, every other check saying why in one line.
 
-The kernel trees are shared by the module's tests (as a student's ~/linux
-would be between two runs of the notebook), so the round trip's rebuilds
-are incremental.
+The kernel trees are shared by both submissions (as a student's ~/linux
+would be between two runs of the notebook).
 """
 
 from __future__ import annotations
@@ -19,15 +19,9 @@ import re
 import time
 
 import pytest
-from notebook_helpers import (
-    NOTEBOOKS,
-    assert_vm_usable,
-    errors_outside_grade_cells,
-    execute,
-    grade_cells,
-    kernel_environ,
-    nbgrader_round_trip,
-)
+from harness.notebook_helpers import Course, assert_vm_usable, kernel_environ, round_trip_lab
+
+from kubevirt_spawner.lab import LabVM
 
 pytestmark = pytest.mark.local
 
@@ -35,10 +29,14 @@ KERNEL_LABS = ["lab4", "lab8"]
 
 
 @pytest.fixture(scope="module")
-def kenv(lab_vm, tmp_path_factory):
+def course(lab_vm, tmp_path_factory):
     trees = tmp_path_factory.mktemp("trees")
-    return {**kernel_environ(lab_vm.env.to_environ()),
-            "LAB4_TREE": str(trees / "linux"), "LAB8_TREE": str(trees / "linux-tiny")}  # fmt: skip
+    env = {
+        **kernel_environ(lab_vm.env.to_environ()),
+        "LAB4_TREE": str(trees / "linux"),
+        "LAB8_TREE": str(trees / "linux-tiny"),
+    }
+    return Course.make(tmp_path_factory.mktemp("nbgrader"), KERNEL_LABS, env)
 
 
 def course_version(guest) -> str:
@@ -47,32 +45,15 @@ def course_version(guest) -> str:
 
 
 @pytest.mark.parametrize("lab", KERNEL_LABS)
-def test_instructor_notebook_passes_every_check(lab, lab_vm, kenv, guest, tmp_path):
+def test_kernel_lab_round_trip(lab, course, lab_vm, guest):
     t0 = time.monotonic()
-    nb = execute(NOTEBOOKS / "source" / lab / f"{lab}.ipynb", tmp_path, kenv, timeout=1200)
-    print(f"{lab}: executed in {time.monotonic() - t0:.1f}s")
-    cells = grade_cells(nb)
-    failed = [f"{c.grade_id}: {c.error}" for c in cells if not c.passed]
-    assert failed == [], f"{lab}: checks failed with the solutions in place"
-    assert errors_outside_grade_cells(nb) == []
-    assert_vm_usable(lab_vm, lab)
-    # Lab 4 ends on the course kernel (its last check resets the VM).
-    assert lab_vm.vm.run("uname -v").stdout.strip() == course_version(guest)
-    if lab == "lab4":
-        patch = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
-        assert "+++ b/kernel/lab_whoami.c" in patch and "+obj-y += lab_whoami.o" in patch
-
-
-def test_nbgrader_round_trip_kernel_labs(lab_vm, kenv, guest, tmp_path):
-    """The same round trip as test_notebooks.py's: bob's solutions get full
-    marks, alice's untouched release only the free point, in CheckFailed lines."""
-    t0 = time.monotonic()
-    problems = nbgrader_round_trip(
-        tmp_path, KERNEL_LABS, kenv,
-        after_lab=lambda lab: assert_vm_usable(lab_vm, f"autograding {lab}"),
-    )  # fmt: skip
-    print(f"round trip of labs 4 and 8: {time.monotonic() - t0:.0f}s")
+    problems, bob_nb = round_trip_lab(course, lab)
+    print(f"{lab}: round trip in {time.monotonic() - t0:.0f}s")
     assert problems == [], "\n".join(problems)
+    assert_vm_usable(lab_vm, f"autograding {lab}")
+    if lab == "lab4":
+        patch = "".join(o.get("text", "") for o in bob_nb.cells[-1].outputs)
+        assert "+++ b/kernel/lab_whoami.c" in patch and "+obj-y += lab_whoami.o" in patch
     # Whoever was graded last, the VM can be put back on the course kernel.
-    lab_vm.vm.reset()
-    assert lab_vm.vm.run("uname -v").stdout.strip() == course_version(guest)
+    LabVM(lab_vm.env).reset()
+    assert LabVM(lab_vm.env).run("uname -v").stdout.strip() == course_version(guest)

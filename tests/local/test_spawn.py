@@ -5,7 +5,7 @@ device, gdb on the kernel; two students kept apart; stop leaves nothing."""
 import re
 
 import pytest
-from localhelpers import assert_nothing_left
+from harness.localhelpers import assert_nothing_left
 
 pytestmark = pytest.mark.local
 
@@ -35,10 +35,16 @@ async def test_terminal_reaches_vm_kernel_and_edu_device(hub, alice, guest):
     term = await hub.terminal(alice)
     try:
         env = await term.run("env | grep ^LAB_ | sort")
-        for name in ("LAB_VM_HOST", "LAB_VM_SSH_PORT", "LAB_GDB_REMOTE", "LAB_VMLINUX",
-                     "LAB_KDIR", "LAB_ARCH"):  # fmt: skip
+        for name in (
+            "LAB_VM_HOST",
+            "LAB_VM_SSH_PORT",
+            "LAB_GDB_REMOTE",
+            "LAB_VMLINUX",
+            "LAB_KDIR",
+            "LAB_ARCH",
+        ):
             assert f"{name}=" in env, f"{name} missing from the notebook's environment:\n{env}"
-        assert "LAB_GDB_REMOTE=| socat - UNIX-CONNECT:" in env
+        assert re.search(r"LAB_GDB_REMOTE=\| \S+/python -m kubevirt_spawner.gdbrelay unix:/", env)
         out = await term.run("labvm ssh uname -r")
         assert guest.kernel_release in out, out
         out = await term.run(
@@ -84,7 +90,7 @@ async def test_students_reach_only_their_own_vm(hub, alice, bob):
             for line in (await tb.run("env | grep ^LAB_")).splitlines()
             if line.startswith("LAB_") and "=" in line
         )
-        bob_sock = bob_env["LAB_GDB_REMOTE"].rsplit("UNIX-CONNECT:", 1)[1].strip()
+        bob_sock = bob_env["LAB_GDB_REMOTE"].rsplit("unix:", 1)[1].strip()
         # gdb socket: refused by file permissions, not by luck.
         out = await ta.run(f"socat -u UNIX-CONNECT:{bob_sock} - </dev/null")
         assert "Permission denied" in out, out
@@ -104,6 +110,58 @@ async def test_students_reach_only_their_own_vm(hub, alice, bob):
     finally:
         ta.close()
         tb.close()
+
+
+async def test_every_file_of_a_vm_is_the_owners_alone(hub, alice, bob):
+    """Not only the gdb socket: the console and QMP sockets (QMP is full
+    control of the VM), the console log, the private key, the initrd, and the
+    directory itself, from another student's terminal."""
+    import os
+    import pwd
+    from pathlib import Path
+
+    rundir = Path(hub.server_state(bob)["state"]["rundir"])
+    st = rundir.stat()
+    assert oct(st.st_mode & 0o777) == "0o700" and st.st_uid == pwd.getpwnam(bob).pw_uid
+    ta = await hub.terminal(alice)
+    try:
+        for sock in ("console.sock", "qmp.sock", "gdb.sock"):
+            out = await ta.run(f"socat -u UNIX-CONNECT:{rundir / sock} - </dev/null")
+            assert "Permission denied" in out, (sock, out)
+        for f in ("console.log", "id_ed25519", "initrd.img", "known_hosts", "qemu.log"):
+            assert (rundir / f).exists(), f
+            out = await ta.run(f"cat {rundir / f} >/dev/null")
+            assert "Permission denied" in out, (f, out)
+        out = await ta.run(f"ls {rundir}")
+        assert "Permission denied" in out, out
+    finally:
+        ta.close()
+    assert os.stat(rundir / "qmp.sock").st_uid == pwd.getpwnam(bob).pw_uid
+
+
+async def test_the_vm_reaches_neither_the_host_nor_another_students_vm(hub, alice, bob):
+    """QEMU's user networking with restrict=on: from inside alice's VM, the
+    hub, its proxy and bob's forwarded ssh port on the host are out of reach
+    (10.0.2.2 is the host's loopback to the guest), while nc itself works."""
+    tb = await hub.terminal(bob)
+    bob_port = (await tb.run("echo $LAB_VM_SSH_PORT")).strip().splitlines()[-1]
+    tb.close()
+    ta = await hub.terminal(alice)
+    try:
+        out = await ta.run("labvm ssh 'echo | nc -w 3 127.0.0.1 22 | head -c 7'")
+        assert "SSH-2.0" in out, (
+            f"nc does not work in the guest, the test would prove nothing: {out}"
+        )
+        for what, port in (
+            ("hub proxy", hub.port),
+            ("hub API", hub.hub_port),
+            ("bob's VM", bob_port),
+        ):
+            out = await ta.run(f"labvm ssh 'echo | nc -w 3 10.0.2.2 {port}; echo nc-exit:$?'")
+            assert re.search(r"nc-exit:[1-9]", out), (what, out)
+            assert "SSH-2.0" not in out and "HTTP" not in out, (what, out)
+    finally:
+        ta.close()
 
 
 async def test_gdb_kill_does_not_take_the_vm_down(hub, alice):

@@ -4,7 +4,7 @@ says what to do, and leaves no process, socket or directory behind."""
 import socket
 
 import pytest
-from localhelpers import CLASH_PORT, assert_nothing_left
+from harness.localhelpers import CLASH_PORT, assert_nothing_left
 
 pytestmark = pytest.mark.local
 

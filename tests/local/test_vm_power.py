@@ -4,7 +4,8 @@ reset brings back the course kernel after a student's one."""
 
 import pytest
 
-from kubevirt_spawner.standalone import boot_lab_vm
+from kubevirt_spawner.lab import LabVM
+from kubevirt_spawner.local.standalone import boot_lab_vm
 
 pytestmark = pytest.mark.local
 
@@ -27,7 +28,7 @@ def boots(v) -> int:
 
 
 def test_reset_gives_a_fresh_vm(vm):
-    lab = vm.vm
+    lab = LabVM(vm.env)
     lab.run("touch /root/scratch")
     before = boot_id(lab)
     lab.reset()
@@ -37,7 +38,7 @@ def test_reset_gives_a_fresh_vm(vm):
 
 
 def test_boot_kernel_kexecs_then_reset_restores(vm, guest, tmp_path):
-    lab = vm.vm
+    lab = LabVM(vm.env)
     before = boot_id(lab)
     # The student's kernel: here the course's own bzImage, copied, so the
     # release is known; kexec must still boot it afresh.

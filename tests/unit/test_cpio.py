@@ -24,8 +24,12 @@ def read_newc(data: bytes):
 
 
 def test_round_trip_dirs_and_files():
-    entries = [Entry("/root", 0o700), Entry("root/key", 0o600, b"abc"), Entry("etc", 0o755),
-               Entry("etc/x", 0o644, b"12345")]  # fmt: skip
+    entries = [
+        Entry("/root", 0o700),
+        Entry("root/key", 0o600, b"abc"),
+        Entry("etc", 0o755),
+        Entry("etc/x", 0o644, b"12345"),
+    ]
     data = newc_archive(entries)
     members, end = read_newc(data)
     assert end == len(data) and len(data) % 4 == 0

@@ -149,6 +149,38 @@ function render(now = Date.now() / 1000) {
   }
 }
 
+// -- suspended VMs (api/suspended) ---------------------------------------------
+async function saved(st, action) {
+  const what = action === "resume" ? `Resume ${st.user}'s server from its suspended VM?`
+    : `Discard ${st.user}'s saved VM ${st.name} (${(st.bytes / 1e6).toFixed(1)} MB)? It cannot be undone.`;
+  if (!confirm(what)) return;
+  try {
+    const q = action === "discard" ? `?state=${encodeURIComponent(st.name)}` : "";
+    await api(`api/users/${encodeURIComponent(st.user)}/${action}${q}`, { method: "POST", body: "{}" });
+    setStatus(`${action}: ${st.user} — done`);
+  } catch (e) {
+    setStatus(`${action} ${st.user} failed: ${e.message}`, true);
+  } finally {
+    refresh();
+  }
+}
+
+function renderSuspended(states) {
+  $("#suspended").hidden = states.length === 0;
+  $("#saved tbody").replaceChildren(...states.map((st) => el("tr", { "data-user": st.user },
+    el("td", {}, st.user),
+    el("td", { title: st.name }, st.restorable ? (st.running ? "suspended (server running)" : "suspended")
+      : "kept (could not be restored)"),
+    el("td", { class: "num" }, `${(st.bytes / 1e6).toFixed(1)} MB`),
+    el("td", { class: "num" }, new Date(st.saved_at * 1000).toLocaleString()),
+    el("td", {},
+      el("button", { class: "act", "data-action": "resume", onclick: () => saved(st, "resume"),
+        ...(st.restorable && !st.running ? {} : { disabled: "" }),
+        title: "start the student's server; it resumes this VM" }, "Resume"),
+      el("button", { class: "act", "data-action": "discard", onclick: () => saved(st, "discard"),
+        title: "delete this saved VM (the student's next start boots afresh)" }, "Discard")))));
+}
+
 function renderFlags(flags) {
   $("#flags").hidden = flags.length === 0;
   $("#flag-list").replaceChildren(...flags.map((f) => el("li", {},
@@ -181,12 +213,13 @@ async function renderProgress() {
       const r = at.get(`${s}|${c}`);
       if (!r) return el("td", { class: "none", title: `${c}: not tried` }, "·");
       if (r.passed) passed++;
+      const when = new Date(r.last_time * 1000);
+      const hhmm = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
       return el("td", {
         class: r.passed ? "pass" : "fail", "data-check": c,
         title: `${c}: ${r.passed ? "passed" : "failing"} after ${r.attempts} attempt(s), ` +
-               `last ${new Date(r.last_time * 1000).toLocaleTimeString()}` +
-               (r.message ? `\n${r.message}` : ""),
-      }, r.passed ? "✓" : "✗");
+               `last ${when.toLocaleString()}` + (r.message ? `\n${r.message}` : ""),
+      }, r.passed ? "✓" : "✗", el("small", { class: "when" }, hhmm));
     });
     return el("tr", { "data-user": s }, el("th", {}, s), ...cells,
       el("td", { class: "num" }, `${passed}/${checks.length}`));
@@ -201,6 +234,7 @@ async function refresh() {
     rows = data.rows;
     render(data.now);
     renderFlags(data.flags);
+    renderSuspended((await api("api/suspended")).states);
     if (!$("#tab-progress").hidden) await renderProgress();
     setStatus(`updated ${new Date().toLocaleTimeString()}`);
   } catch (e) {
