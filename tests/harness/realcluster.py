@@ -85,7 +85,20 @@ class RealCluster:
         return f"--- log {namespace}/{pod}{'/' + container if container else ''} ---\n{text}"
 
     def diagnostics(self, namespace: str) -> str:
-        out = [f"--- events in {namespace} ---", *self.kube.events(namespace)]
+        """What the node, KubeVirt and each VM said, most telling last.
+
+        The node's and virt-handler's logs come first and each VM's guest
+        console at the very end: a report cut to its tail (CI shows only the
+        end of a run) still says why a guest never came up.
+        """
+        out = []
+        for p in self.core.list_namespaced_pod(
+            kvcluster.KUBEVIRT_NS, label_selector="kubevirt.io=virt-handler"
+        ).items:
+            out.append(self.pod_log(kvcluster.KUBEVIRT_NS, p.metadata.name, "virt-handler", 40))
+        out.append(self.node.log_tail("kubelet", 30))
+        out += [f"--- events in {namespace} ---", *self.kube.events(namespace)]
+        consoles = []
         try:
             pods = self.core.list_namespaced_pod(namespace).items
         except ApiException as e:
@@ -111,10 +124,10 @@ class RealCluster:
             )
             if p.metadata.name.startswith("virt-launcher-"):
                 out.append(self.pod_log(namespace, p.metadata.name, "compute", 60))
-                out.append(self.pod_log(namespace, p.metadata.name, "guest-console-log", 60))
                 for c in p.spec.containers:
                     if c.name.startswith("hook-sidecar"):
                         out.append(self.pod_log(namespace, p.metadata.name, c.name, 20))
+                consoles.append(self.pod_log(namespace, p.metadata.name, "guest-console-log", 60))
         try:
             for vm in self.kube.custom.list_namespaced_custom_object(
                 "kubevirt.io", "v1", namespace, "virtualmachineinstances"
@@ -126,12 +139,7 @@ class RealCluster:
                 )
         except ApiException:
             pass
-        for p in self.core.list_namespaced_pod(
-            kvcluster.KUBEVIRT_NS, label_selector="kubevirt.io=virt-handler"
-        ).items:
-            out.append(self.pod_log(kvcluster.KUBEVIRT_NS, p.metadata.name, "virt-handler", 40))
-        out.append(self.node.log_tail("kubelet", 30))
-        return "\n".join(out)
+        return "\n".join(out + consoles)
 
     def qemu_processes(self) -> list[tuple[int, str]]:
         """QEMU processes of the node (seen from the machine's /proc), with their command lines."""
