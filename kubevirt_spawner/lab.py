@@ -279,17 +279,19 @@ class LabVM:
             "`labvm console` shows what it printed; `labvm reset` starts it afresh."
         )
 
-    def reset(self, timeout: float = 120) -> None:
-        """Restart the VM on the course kernel with a fresh root filesystem."""
+    def reset(self, timeout: float = 600) -> None:
+        """Restart the VM on the course kernel with a fresh root filesystem;
+        return once it answers ssh (LabError after ``timeout`` seconds)."""
         if not self.env.qmp_socket:
             # No monitor socket here (cluster): the lab manager resets the VM for us.
             from .managerclient import ManagerError, reset_vm
 
+            deadline = time.monotonic() + timeout
             try:
                 reset_vm(timeout)
             except ManagerError as e:
                 raise LabError(str(e)) from None
-            return self.wait_ready(timeout)
+            return self.wait_ready(max(30.0, deadline - time.monotonic()))
         offset = self._console_size()
         try:
             qmp_command(self.env.qmp_socket, "system_reset")

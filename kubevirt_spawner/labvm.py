@@ -23,6 +23,16 @@ from .lab import LabEnv, LabError, LabVM, gdb_argv, ssh_argv
 DESCRIPTION = "Work with your lab VM: run commands in it, load modules, debug its kernel."
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (e.g. 300)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labvm", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -50,7 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", action="store_true", help="also print the report as the kernel did")
     s = sub.add_parser("boot-kernel", help="boot the VM on your own bzImage (kexec)")
     s.add_argument("bzimage", metavar="BZIMAGE")
-    sub.add_parser("reset", help="restart the VM afresh on the course kernel")
+    s = sub.add_parser("reset", help="restart the VM afresh on the course kernel")
+    s.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=600,
+        metavar="SECONDS",
+        help="give up waiting for the VM to come back after this long (600)",
+    )
     s = sub.add_parser(
         "snapshot",
         help="checkpoints of the running VM (e.g. before a risky insmod)",
@@ -236,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "boot-kernel":
         print(f"VM now runs {vm.boot_kernel(args.bzimage)}")
     elif cmd == "reset":
-        vm.reset()
+        vm.reset(timeout=args.timeout)
         print("VM reset: it runs the course kernel again, with a fresh root filesystem.")
     return 0
 

@@ -63,12 +63,26 @@ def call(
         raise ManagerError(f"Cannot reach the lab manager at {url}: {e}") from None
 
 
-def reset_vm(timeout: float = 180, environ: Mapping[str, str] | None = None) -> dict:
-    """Ask the lab manager to reset this user's VM and wait until it is back."""
+#: How much longer than the wait it asked for the client gives the manager to answer.
+ANSWER_MARGIN = 30
+
+
+def reset_vm(timeout: float = 600, environ: Mapping[str, str] | None = None) -> dict:
+    """Ask the lab manager to reset this user's VM and wait until it is back
+    (the manager answers within ``timeout`` seconds, 504 if the VM is not)."""
     _, _, user = _config(environ)
     if not user:
         raise ManagerError("JUPYTERHUB_USER is not set; is this a JupyterHub server?")
-    return call("POST", f"api/users/{quote(user, safe='')}/reset?wait=1", {}, timeout, environ)
+    path = f"api/users/{quote(user, safe='')}/reset?wait={timeout:g}"
+    try:
+        return call("POST", path, {}, timeout + ANSWER_MARGIN, environ)
+    except ManagerError as e:
+        if "timed out" not in str(e):
+            raise
+        raise ManagerError(
+            f"The lab manager did not answer within {timeout + ANSWER_MARGIN:g}s; the reset "
+            "may still be under way: `labvm status` shows when your VM is back."
+        ) from None
 
 
 def report_check(

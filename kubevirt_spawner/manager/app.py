@@ -128,6 +128,14 @@ class LabManagerApp(Application):
     sample_interval = Float(
         10.0, help="Seconds between CPU/memory samples of each VM (and dashboard refreshes)."
     ).tag(config=True)
+    reset_timeout = Float(
+        600.0,
+        help="""The longest a student's `labvm reset` (or a reset asked for with
+        ?wait) waits here for the fresh VM to answer before it is told to check
+        `labvm status` (seconds). Locally a reset takes seconds; on a cluster it
+        is a new VirtualMachineInstance: tens of seconds with KVM, minutes under
+        emulation on a busy node.""",
+    ).tag(config=True)
     reap_every = Float(
         60.0, help="Seconds between reaper rounds (idle/max-age culling and orphan removal)."
     ).tag(config=True)

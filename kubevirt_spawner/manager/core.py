@@ -43,7 +43,7 @@ class Settings:
     miner_names: tuple = abuse.DEFAULT_MINER_NAMES
     mining_ports: tuple = abuse.DEFAULT_MINING_PORTS
     abuse_action: str = "flag"
-    reset_timeout: float = 120
+    reset_timeout: float = 600
     cluster: object = None  # a cluster.Cluster when the KubeVirt backend is in use
     vm_state_dir_template: str = "{home}/.labvm"
 
@@ -332,14 +332,16 @@ class LabManager:
             raise ActionError(409, f"{user}'s server is {s.pending}ing; try again when it is ready")
         return s
 
-    async def reset(self, user: str, name: str = "", wait: bool = False) -> str:
-        """Restart the VM afresh on the course kernel (fresh root filesystem)."""
+    async def reset(self, user: str, name: str = "", wait: float = 0) -> str:
+        """Restart the VM afresh on the course kernel (fresh root filesystem);
+        with ``wait`` > 0, answer when it is back (at most that many seconds,
+        and never longer than the reset_timeout setting)."""
         await self.refresh()
         s = self._server_for_action(user, name)
         b = self.backend_for(s)
         if b is None:
             raise ActionError(409, f"{user}'s server has no VM to reset")
-        result = await b.reset(s, wait=wait, timeout=self.s.reset_timeout)
+        result = await b.reset(s, wait=wait > 0, timeout=min(wait, self.s.reset_timeout))
         log.info("Reset the VM of %s: %s", s.key, result)
         return result
 

@@ -194,7 +194,7 @@ class ActionHandler(BaseHandler):
         server = self.get_argument("server", "")
         if server and not NAME_RE.fullmatch(server):
             raise web.HTTPError(400, "bad server name")
-        wait = self.get_argument("wait", "0") in ("1", "true", "yes")
+        wait = self.wait_seconds()
         try:
             if await self.manager.hub.user(user) is None:
                 raise web.HTTPError(404, f"no user named {user}")
@@ -218,6 +218,18 @@ class ActionHandler(BaseHandler):
         except HubAPIError as e:
             raise web.HTTPError(502, f"the hub refused: {e}") from None
         self.write_json({"user": user, "server": server, "action": action, "result": result}, 202)
+
+    def wait_seconds(self) -> float:
+        """?wait=SECONDS: a reset answers when the VM is back, or after that long
+        (at most the manager's reset_timeout); absent or 0: at once."""
+        raw = self.get_argument("wait", "0").strip()
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise web.HTTPError(400, f"wait must be a number of seconds, not {raw[:20]!r}")
+        return seconds
 
 
 STATE_RE = re.compile(r"(suspended|unrestorable)-[0-9a-f]{12}(-[0-9]{8}-[0-9]{6})?")

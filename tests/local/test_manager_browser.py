@@ -122,8 +122,9 @@ async def test_instructor_sees_vms_resets_one_and_it_comes_back(hub, browser):
     await expect(alice.locator("td.state")).to_have_text("running", timeout=120_000)
     took = time.monotonic() - t0
     assert boots(hub, ALICE) == before + 1, "the VM did not boot again"
-    status_text = await page.locator("#status").text_content()
-    assert "failed" not in status_text, status_text
+    # The outcome stays where the instructor looks, through the refreshes since.
+    await expect(page.locator("#status")).to_have_text(f"Reset: {ALICE} — requested")
+    await expect(page.locator("#updated")).to_contain_text("updated")
     bob = page.locator(f'#vms tbody tr[data-user="{BOB}"]')
     await expect(bob.locator("td.state")).to_have_text("running")
     print(f"\nreset from the dashboard until it showed running again: {took:.1f}s")

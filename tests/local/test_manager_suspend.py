@@ -108,7 +108,9 @@ async def test_idle_cull_suspends_and_the_instructor_resumes_and_discards(hub):
             await expect(row).to_contain_text(f"{st['bytes'] / 1e6:.1f} MB")
             page.on("dialog", lambda d: d.accept())
             await row.locator("button[data-action=resume]").click()
-            await expect(page.locator("#status")).to_contain_text("resume", timeout=30000)
+            await expect(page.locator("#status")).to_have_text(
+                f"resume: {ALICE} — done", timeout=60000
+            )
         finally:
             await browser.close()
     wait_for(lambda: resumed_count(hub) > before, 120, "the VM to resume", hub)

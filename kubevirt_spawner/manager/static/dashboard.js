@@ -45,11 +45,16 @@ async function api(path, opts = {}) {
   return body;
 }
 
-function setStatus(text, error = false) {
-  const s = $("#status");
+// #status: the outcome of the instructor's last action; it stays until the
+// next one (a refresh every few seconds must not wipe out "failed: ...").
+// #updated: when the page last refreshed, or why it could not.
+function show(id, text, error) {
+  const s = $(id);
   s.textContent = text;
   s.classList.toggle("error", error);
 }
+const setStatus = (text, error = false) => show("#status", text, error);
+const setUpdated = (text, error = false) => show("#updated", text, error);
 
 // -- the VM table -----------------------------------------------------------
 function sortValue(r, key) {
@@ -95,6 +100,7 @@ async function act(r, action) {
   const id = `${r.key}/${action}`;
   busy.add(id);
   render();
+  setStatus(`${verb}: ${r.user} …`);
   try {
     const q = r.server ? `?server=${encodeURIComponent(r.server)}` : "";
     await api(`api/users/${encodeURIComponent(r.user)}/${action}${q}`, { method: "POST", body: "{}" });
@@ -154,6 +160,7 @@ async function saved(st, action) {
   const what = action === "resume" ? `Resume ${st.user}'s server from its suspended VM?`
     : `Discard ${st.user}'s saved VM ${st.name} (${(st.bytes / 1e6).toFixed(1)} MB)? It cannot be undone.`;
   if (!confirm(what)) return;
+  setStatus(`${action}: ${st.user} …`);
   try {
     const q = action === "discard" ? `?state=${encodeURIComponent(st.name)}` : "";
     await api(`api/users/${encodeURIComponent(st.user)}/${action}${q}`, { method: "POST", body: "{}" });
@@ -236,9 +243,9 @@ async function refresh() {
     renderFlags(data.flags);
     renderSuspended((await api("api/suspended")).states);
     if (!$("#tab-progress").hidden) await renderProgress();
-    setStatus(`updated ${new Date().toLocaleTimeString()}`);
+    setUpdated(`updated ${new Date().toLocaleTimeString()}`);
   } catch (e) {
-    setStatus(`refresh failed: ${e.message}`, true);
+    setUpdated(`refresh failed: ${e.message}`, true);
   }
 }
 

@@ -1,8 +1,10 @@
 """The lab manager without a hub: its store, input validation, student client,
 and the sample -> rule -> flag -> action pipeline on a real (tiny) process."""
 
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -121,6 +123,36 @@ def test_client_needs_its_environment_and_a_reachable_manager():
     }
     with pytest.raises(client.ManagerError, match="Cannot reach the lab manager"):
         client.reset_vm(timeout=5, environ=env)
+
+
+def test_reset_asks_the_manager_to_wait_and_says_what_to_do_when_it_does_not_answer(
+    monkeypatch,
+):
+    """A manager that takes the request and never answers (a reset still under
+    way on a busy cluster): the student is told the reset may still be going on."""
+    asked = []
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(10)
+
+        def swallow():
+            conn, _ = srv.accept()
+            asked.append(conn.recv(4096).decode(errors="replace").split("\r\n")[0])
+            time.sleep(3)
+            conn.close()
+
+        t = threading.Thread(target=swallow)
+        t.start()
+        env = {
+            "LAB_MANAGER_URL": f"http://127.0.0.1:{srv.getsockname()[1]}/services/lab-manager/",
+            "JUPYTERHUB_API_TOKEN": "t",
+            "JUPYTERHUB_USER": "alice",
+        }
+        monkeypatch.setattr(client, "ANSWER_MARGIN", 0.5)
+        with pytest.raises(client.ManagerError) as e:
+            client.reset_vm(timeout=2, environ=env)
+        t.join()
+    assert asked == ["POST /services/lab-manager/api/users/alice/reset?wait=2 HTTP/1.1"]
+    assert "did not answer within 2.5s" in str(e.value) and "labvm status" in str(e.value)
 
 
 class FakeHub:

@@ -55,6 +55,9 @@ def test_help_lists_every_command():
         pytest.param(["explode"], id="unknown"),
         pytest.param(["push"], id="push-no-file"),
         pytest.param(["boot-kernel"], id="no-image"),
+        pytest.param(["reset", "--timeout", "soon"], id="reset-timeout-word"),
+        pytest.param(["reset", "--timeout", "-5"], id="reset-timeout-negative"),
+        pytest.param(["reset", "--timeout", "nan"], id="reset-timeout-nan"),
     ],
 )
 def test_usage_errors_exit_2(args):
