@@ -18,7 +18,7 @@
 #   --print-dir   print the directory the current pins map to and exit 0 if it
 #                 is complete, 1 if it still needs building (builds nothing)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+case $0 in */*) cd "${0%/*}/.." ;; *) cd .. ;; esac  # the repo root (no dirname needed)
 
 # Pins. The go.mod files under tests/cluster/go/ say the same; the check below
 # refuses to build when they disagree.
@@ -32,36 +32,17 @@ KUBEVIRT_VERSION=v1.8.4 # kubevirt.io/kubevirt, /api, /client-go (exact tags; th
 K8S_MOD=tests/cluster/go/k8s
 KV_MOD=tests/cluster/go/kubevirt
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-print_only=0
-case "${1:-}" in
-  -h|--help) usage; exit 0 ;;
-  --print-dir) print_only=1 ;;
-  "") ;;
-  *) echo "build-cluster-bins: unknown argument: $1 (try --help)" >&2; exit 2 ;;
-esac
+name=build-cluster-bins
+. scripts/lib/go-build.sh "$@"
 
-die() { echo "build-cluster-bins: $*" >&2; exit 1; }
-command -v go >/dev/null || die "no 'go' on PATH: install Go >= 1.26 (Debian: golang-1.26 or the Go tarball)"
-
-if [ -n "${KVS_CACHE_DIR:-}" ]; then cache=$KVS_CACHE_DIR
-elif [ "$(id -u)" = 0 ]; then cache=/var/cache/kubevirt-spawner
-else cache=${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-spawner
-fi
-
-for pin in "k8s.io/kubernetes $K8S_VERSION" "go.etcd.io/etcd/server/v3 $ETCD_VERSION" \
-           "sigs.k8s.io/kwok $KWOK_VERSION" "k8s.io/api => k8s.io/api $K8S_STAGING"; do
-  grep -qF "$pin" "$K8S_MOD/go.mod" || die "$K8S_MOD/go.mod does not say '$pin'; keep pins in step"
-done
-for pin in "kubevirt.io/kubevirt $KUBEVIRT_VERSION" "kubevirt.io/api => kubevirt.io/api $KUBEVIRT_VERSION"; do
-  grep -qF "$pin" "$KV_MOD/go.mod" || die "$KV_MOD/go.mod does not say '$pin'; keep pins in step"
-done
-
-export GOTOOLCHAIN=local
-export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$cache/go/mod}
-export GOCACHE=${GOCACHE_OVERRIDE:-$cache/go/build}
+check_pins "$K8S_MOD/go.mod:k8s.io/kubernetes $K8S_VERSION" \
+           "$K8S_MOD/go.mod:go.etcd.io/etcd/server/v3 $ETCD_VERSION" \
+           "$K8S_MOD/go.mod:sigs.k8s.io/kwok $KWOK_VERSION" \
+           "$K8S_MOD/go.mod:k8s.io/api => k8s.io/api $K8S_STAGING" \
+           "$KV_MOD/go.mod:kubevirt.io/kubevirt $KUBEVIRT_VERSION" \
+           "$KV_MOD/go.mod:kubevirt.io/api => kubevirt.io/api $KUBEVIRT_VERSION"
+go_env
 export GOFLAGS="${GOFLAGS:--p=2} -mod=readonly -trimpath"
-go_version=$(go env GOVERSION)
 
 key=$( { echo "$go_version $K8S_VERSION $ETCD_VERSION $KWOK_VERSION $KUBEVIRT_VERSION"
          cat "$K8S_MOD/go.mod" "$K8S_MOD/go.sum" "$KV_MOD"/go.mod "$KV_MOD"/go.sum "$KV_MOD"/crds/*.go

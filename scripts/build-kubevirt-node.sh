@@ -22,7 +22,7 @@
 #   --print-dir   print the directory the current pins map to and exit 0 if it
 #                 is complete, 1 if it still needs building (builds nothing)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+case $0 in */*) cd "${0%/*}/.." ;; *) cd .. ;; esac  # the repo root (no dirname needed)
 
 # Pins; the go.mod files say the same (checked below).
 K8S_VERSION=v1.36.3        # as scripts/build-cluster-bins.sh
@@ -34,36 +34,15 @@ K8S_MOD=tests/cluster/go/k8s
 KV_MOD=tests/cluster/go/kubevirt
 DNS_MOD=tests/cluster/go/coredns
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-print_only=0
-case "${1:-}" in
-  -h|--help) usage; exit 0 ;;
-  --print-dir) print_only=1 ;;
-  "") ;;
-  *) echo "build-kubevirt-node: unknown argument: $1 (try --help)" >&2; exit 2 ;;
-esac
-[ $# -le 1 ] || { echo "build-kubevirt-node: one argument at most (try --help)" >&2; exit 2; }
+name=build-kubevirt-node
+. scripts/lib/go-build.sh "$@"
 
-die() { echo "build-kubevirt-node: $*" >&2; exit 1; }
-command -v go >/dev/null || die "no 'go' on PATH: install Go >= 1.26"
-
-if [ -n "${KVS_CACHE_DIR:-}" ]; then cache=$KVS_CACHE_DIR
-elif [ "$(id -u)" = 0 ]; then cache=/var/cache/kubevirt-spawner
-else cache=${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-spawner
-fi
-
-for pin in "$K8S_MOD/go.mod:k8s.io/kubernetes $K8S_VERSION" \
+check_pins "$K8S_MOD/go.mod:k8s.io/kubernetes $K8S_VERSION" \
            "$K8S_MOD/go.mod:k8s.io/kubernetes/cmd/kubelet" \
            "$KV_MOD/go.mod:kubevirt.io/kubevirt $KUBEVIRT_VERSION" \
            "$KV_MOD/go.mod:kubevirt.io/api => kubevirt.io/api $KUBEVIRT_VERSION" \
-           "$DNS_MOD/go.mod:github.com/coredns/coredns $COREDNS_VERSION"; do
-  grep -qF "${pin#*:}" "${pin%%:*}" || die "${pin%%:*} does not say '${pin#*:}'; keep pins in step"
-done
-
-export GOTOOLCHAIN=local
-export GOMODCACHE=${GOMODCACHE_OVERRIDE:-$cache/go/mod}
-export GOCACHE=${GOCACHE_OVERRIDE:-$cache/go/build}
-go_version=$(go env GOVERSION)
+           "$DNS_MOD/go.mod:github.com/coredns/coredns $COREDNS_VERSION"
+go_env
 pkgver() { dpkg-query -W -f='${Package}=${Version}\n' "$@" 2>/dev/null || echo "$* missing"; }
 
 key=$( { echo "$go_version $K8S_VERSION $KUBEVIRT_VERSION $KUBE_ROUTER_VERSION $COREDNS_VERSION"

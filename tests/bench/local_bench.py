@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from harness.hubctl import Hub
+from harness.localhelpers import lab_env_of, pss_mb
 
 from kubevirt_spawner.arch import ARCHES, toolchain_env
 from kubevirt_spawner.lab import LabEnv, LabVM, ssh_argv
@@ -51,24 +52,6 @@ def server_pid(user: str) -> int:
         ["pgrep", "-u", user, "-f", "jupyterhub.singleuser"], capture_output=True, text=True
     ).stdout.split()
     return int(out[0])
-
-
-def lab_env_of(pid: int) -> LabEnv:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-    return LabEnv.from_environ(env)
-
-
-def pss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def qemu_pid(env: LabEnv) -> int:

@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.hubctl import Hub
+from harness.hubctl import Hub, running_hub
+from harness.localhelpers import lab_env_of, pss_mb
 
 from kubevirt_spawner.checkpoints import Checkpoints
-from kubevirt_spawner.lab import LabEnv
 from kubevirt_spawner.local.vmprocess import descendants
 from kubevirt_spawner.vmstate import human
 
@@ -97,23 +97,6 @@ def server_pid(hub: Hub, user: str) -> int:
 
 def qemu_pid(hub: Hub, user: str) -> int:
     return int(hub.api("GET", f"/users/{user}").json()["servers"][""]["state"]["vm_pid"])
-
-
-def lab_env_of(pid: int) -> LabEnv:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return LabEnv.from_environ(dict(i.decode().split("=", 1) for i in raw if b"=" in i))
-
-
-def pss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 def student_pss(hub: Hub, user: str) -> float:
@@ -453,24 +436,16 @@ def main() -> None:
     )
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="kvs-vmcost-"))
-    hub = Hub(work, extra_config=PROFILES).start()
     rows: list[tuple] = []
     try:
-        if "share" in parts:
-            rows += share_rows(hub, args.rounds)
-        if "checkpoints" in parts:
-            rows += checkpoint_rows(hub, args.rounds)
-        if "density" in parts:
-            rows += density_rows(hub, args.max_students, args.budget, work)
+        with running_hub(work, PROFILES) as hub:
+            if "share" in parts:
+                rows += share_rows(hub, args.rounds)
+            if "checkpoints" in parts:
+                rows += checkpoint_rows(hub, args.rounds)
+            if "density" in parts:
+                rows += density_rows(hub, args.max_students, args.budget, work)
     finally:
-        for user in hub.api("GET", "/users").json():
-            if user.get("servers"):
-                try:
-                    hub.stop_server(user["name"])
-                except Exception as e:  # keep tearing down the rest
-                    print(f"teardown: stopping {user['name']} failed: {e}")
-        hub.stop()
-        shutil.rmtree(hub.runtime_root, ignore_errors=True)
         if rows:
             print_table(rows, load_before, commit)
 

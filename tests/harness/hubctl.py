@@ -12,6 +12,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,3 +361,23 @@ class Terminal:
 
     def close(self):
         self.ws.close()
+
+
+@contextmanager
+def running_hub(workdir: Path, extra_config: str = "") -> Iterator[Hub]:
+    """A started Hub for a test module. Afterwards every user's server is
+    stopped (a failure to stop one is printed and the rest go on), then the
+    hub, and its runtime root is removed."""
+    h = Hub(workdir, extra_config=extra_config)
+    h.start()
+    try:
+        yield h
+    finally:
+        for user in h.api("GET", "/users").json():
+            if user.get("servers"):
+                try:
+                    h.stop_server(user["name"])
+                except Exception as e:  # keep tearing down the rest
+                    print(f"teardown: stopping {user['name']} failed: {e}")
+        h.stop()
+        shutil.rmtree(h.runtime_root, ignore_errors=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import requests
 
 from harness.hubctl import Hub, free_port
+from harness.localhelpers import wait_for
+from kubevirt_spawner.lab import LabEnv, LabVM
 
 INSTRUCTOR = "kvsm-teach"
 SERVICE = "lab-manager"
@@ -79,14 +82,41 @@ def call(hub: Hub, method: str, path: str, token: str | None = None, **kw) -> re
     )
 
 
-def wait_for(predicate, timeout: float, what: str, hub: Hub | None = None, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise TimeoutError(
-        f"timed out after {timeout}s waiting for {what}\n" + (hub.log_tail() if hub else "")
+async def login(browser, hub, name):
+    """A fresh browser session: open the dashboard, log in at the hub, follow
+    the OAuth redirects back. Returns (page, HTTP status of the landing page)."""
+    page = await (await browser.new_context()).new_page()
+    await page.goto(service_url(hub))
+    await page.wait_for_url(re.compile(r"/hub/login"))
+    await page.fill("input[name=username]", name)
+    await page.fill("input[name=password]", "any")
+    async with page.expect_response(
+        lambda r: "/services/lab-manager" in r.url or "oauth2/authorize" in r.url
+    ) as first:
+        await page.click("#login_submit")
+    # Follow to wherever the OAuth dance ends.
+    await page.wait_for_load_state("networkidle")
+    resp = await first.value
+    last = await page.evaluate("() => location.href")
+    status = (await page.request.get(last)).status if "/services/" in last else resp.status
+    return page, status
+
+
+def vm_of(hub: Hub, name: str) -> LabVM:
+    """The student's VM as root reaches it (the server's own key in its runtime dir)."""
+    state = hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]
+    rd = Path(state["rundir"])
+    return LabVM(
+        LabEnv(
+            vm_host="127.0.0.1",
+            ssh_port=state["vm_ssh_port"],
+            gdb_remote="",
+            vmlinux="",
+            kdir="",
+            arch="x86_64",
+            ssh_key=str(rd / "id_ed25519"),
+            known_hosts=str(rd / "known_hosts"),
+        )
     )
 
 

@@ -1,10 +1,9 @@
 """Fixtures for tests that run real QEMU VMs, gdb and JupyterHub (TCG here)."""
 
 import os
-import shutil
 
 import pytest
-from harness.hubctl import Hub
+from harness.hubctl import running_hub
 from harness.localhelpers import CLASH_PORT
 
 from kubevirt_spawner.local.guest import Guest, default_guest_dir
@@ -38,17 +37,8 @@ c.LocalVMSpawner.profile_list = [
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, guest):
-    h = Hub(tmp_path_factory.mktemp("hub"), extra_config=PROFILES)
-    h.start()
-    yield h
-    for user in h.api("GET", "/users").json():
-        if user.get("servers"):
-            try:
-                h.stop_server(user["name"])
-            except Exception as e:  # keep tearing down the rest
-                print(f"teardown: stopping {user['name']} failed: {e}")
-    h.stop()
-    shutil.rmtree(h.runtime_root, ignore_errors=True)
+    with running_hub(tmp_path_factory.mktemp("hub"), PROFILES) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

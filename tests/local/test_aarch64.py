@@ -13,12 +13,11 @@ import base64
 import os
 import platform
 import re
-import shutil
 import subprocess
 import time
 
 import pytest
-from harness.hubctl import Hub
+from harness.hubctl import running_hub
 from harness.localhelpers import assert_nothing_left
 from harness.notebook_helpers import (
     NOTEBOOKS,
@@ -67,17 +66,8 @@ c.LocalVMSpawner.profile_list = [
       "spawner_override": {{"vm_arch": "arm64"}}}},
 ]
 """
-    h = Hub(tmp_path_factory.mktemp("armhub"), extra_config=profiles)
-    h.start()
-    yield h
-    for user in h.api("GET", "/users").json():
-        if user.get("servers"):
-            try:
-                h.stop_server(user["name"])
-            except Exception as e:  # keep tearing down the rest
-                print(f"teardown: stopping {user['name']} failed: {e}")
-    h.stop()
-    shutil.rmtree(h.runtime_root, ignore_errors=True)
+    with running_hub(tmp_path_factory.mktemp("armhub"), profiles) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")

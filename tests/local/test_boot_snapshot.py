@@ -6,12 +6,11 @@ student; another student's key is refused); `labvm gdb` attaches and a
 syscall breakpoint hits; `labvm reset` still boots the course kernel."""
 
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from harness.hubctl import Hub
+from harness.hubctl import running_hub
+from harness.localhelpers import messages, pinned_host_key, spawn_ok, term_run
 
 from kubevirt_spawner.local.bootsnap import snapshot_path
 
@@ -28,42 +27,12 @@ c.LocalVMSpawner.boot_from_snapshot = True
 def hub(tmp_path_factory, guest):
     for old in guest.root.glob("booted-*.state"):  # made by an earlier run: make it anew
         old.unlink()
-    h = Hub(tmp_path_factory.mktemp("bootsnap"), extra_config=CONFIG)
-    h.start()
-    yield h
-    for user in h.api("GET", "/users").json():
-        if user.get("servers"):
-            try:
-                h.stop_server(user["name"])
-            except Exception as e:  # keep tearing down the rest
-                print(f"teardown: stopping {user['name']} failed: {e}")
-    h.stop()
-    shutil.rmtree(h.runtime_root, ignore_errors=True)
-
-
-def messages(events: list[dict]) -> str:
-    return "\n".join(e.get("message", "") for e in events)
-
-
-def spawn_ok(hub: Hub, name: str) -> str:
-    events = hub.spawn(name)
-    said = messages(events)
-    assert events[-1].get("ready"), f"{said}\n{hub.log_tail()}"
-    return said
-
-
-def pinned_key(hub: Hub, name: str) -> str:
-    return Path(hub.runtime_root, name, "known_hosts").read_text().split(" ", 1)[1].strip()
-
-
-async def term_run(term, command: str, timeout: float = 120) -> str:
-    out = await term.run(command, timeout=timeout)
-    assert term.last_status == 0, f"{command}: {out}"
-    return out
+    with running_hub(tmp_path_factory.mktemp("bootsnap"), CONFIG) as h:
+        yield h
 
 
 async def test_spawns_start_from_the_booted_snapshot_with_their_own_identity(hub, guest):
-    said = spawn_ok(hub, ALICE)
+    said = messages(spawn_ok(hub, ALICE))
     assert "being made" in said and "VM booting" in said, said
     deadline = time.monotonic() + 180
     while not list(guest.root.glob("booted-*.state")):
@@ -74,10 +43,10 @@ async def test_spawns_start_from_the_booted_snapshot_with_their_own_identity(hub
     hub.stop_server(ALICE)
 
     for name in (ALICE, BOB):
-        said = spawn_ok(hub, name)
+        said = messages(spawn_ok(hub, name))
         assert "Starting from the booted snapshot" in said and "VM booting" not in said, said
         assert "VM started from the booted snapshot" in said, said
-    keys = {name: pinned_key(hub, name) for name in (ALICE, BOB)}
+    keys = {name: pinned_host_key(hub, name) for name in (ALICE, BOB)}
     assert keys[ALICE] != keys[BOB]
 
     term = await hub.terminal(ALICE)
@@ -109,7 +78,7 @@ async def test_spawns_start_from_the_booted_snapshot_with_their_own_identity(hub
     # reset boots the course kernel cold, with the same identity.
     out = await term_run(term, "labvm reset && labvm ssh 'cat /proc/uptime'", timeout=240)
     assert float(out.split()[-2]) < 120
-    assert pinned_key(hub, ALICE) == keys[ALICE]
+    assert pinned_host_key(hub, ALICE) == keys[ALICE]
     for name in (ALICE, BOB):
         hub.stop_server(name)
     assert snap.exists()

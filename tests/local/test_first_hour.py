@@ -16,23 +16,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from harness.browser import chromium
 from harness.demo_hub import Demo, new_student
 from harness.hubctl import REPO
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 pytestmark = pytest.mark.local
 
 STUDENT = "kvsf-fiona"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 LABS = [f"lab{i}" for i in range(10)]
 
 
@@ -57,10 +48,8 @@ def shots() -> Path:
 
 @pytest.fixture
 async def browser():
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 async def hub_login(browser, demo, name: str):

@@ -12,9 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from harness.manager_hub import INSTRUCTOR, call, cleanup, qemu_pid, start_hub, user_token, wait_for
+from harness.manager_hub import (
+    INSTRUCTOR,
+    call,
+    cleanup,
+    qemu_pid,
+    start_hub,
+    user_token,
+    vm_of,
+    wait_for,
+)
 
-from kubevirt_spawner.lab import LabEnv, LabVM
 from kubevirt_spawner.manager.core import LabManager, Settings
 from kubevirt_spawner.manager.hubclient import HubClient
 from kubevirt_spawner.manager.metrics import Metrics
@@ -61,24 +69,6 @@ def _age(stamp: str) -> float:
     return (
         datetime.now(timezone.utc) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     ).total_seconds()
-
-
-def vm_of(hub, name) -> LabVM:
-    """The student's VM as root reaches it (the server's own key in its runtime dir)."""
-    state = hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]
-    rd = Path(state["rundir"])
-    return LabVM(
-        LabEnv(
-            vm_host="127.0.0.1",
-            ssh_port=state["vm_ssh_port"],
-            gdb_remote="",
-            vmlinux="",
-            kdir="",
-            arch="x86_64",
-            ssh_key=str(rd / "id_ed25519"),
-            known_hosts=str(rd / "known_hosts"),
-        )
-    )
 
 
 def flags(hub, user=None) -> list[dict]:

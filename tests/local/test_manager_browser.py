@@ -3,36 +3,26 @@ instructor logs in through the hub, sees two students' VMs live, resets one
 and sees it come back; a student cannot open the dashboard."""
 
 import re
-import shutil
 import time
 
 import pytest
+from harness.browser import chromium
 from harness.manager_hub import (
     INSTRUCTOR,
     call,
     cleanup,
     console_log,
+    login,
     server_token,
-    service_url,
     start_hub,
 )
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from kubevirt_spawner.local.qemu import MARK_SSH_READY
 
 pytestmark = pytest.mark.local
 
 ALICE, BOB = "kvsm-balice", "kvsm-bbob"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +41,8 @@ def hub(tmp_path_factory, guest):
 
 @pytest.fixture
 async def browser():
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    async with chromium() as b:
         yield b
-        await b.close()
-
-
-async def login(browser, hub, name):
-    """A fresh browser session: open the dashboard, log in at the hub, follow
-    the OAuth redirects back. Returns (page, HTTP status of the landing page)."""
-    page = await (await browser.new_context()).new_page()
-    await page.goto(service_url(hub))
-    await page.wait_for_url(re.compile(r"/hub/login"))
-    await page.fill("input[name=username]", name)
-    await page.fill("input[name=password]", "any")
-    async with page.expect_response(
-        lambda r: "/services/lab-manager" in r.url or "oauth2/authorize" in r.url
-    ) as first:
-        await page.click("#login_submit")
-    # Follow to wherever the OAuth dance ends.
-    await page.wait_for_load_state("networkidle")
-    resp = await first.value
-    last = await page.evaluate("() => location.href")
-    status = (await page.request.get(last)).status if "/services/" in last else resp.status
-    return page, status
 
 
 def boots(hub, name):

@@ -11,11 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from harness.manager_hub import INSTRUCTOR, call, cleanup, start_hub, user_token, wait_for
-from playwright.async_api import async_playwright, expect
-from test_manager_browser import CHROMIUM, FLAGS, login
-
-from kubevirt_spawner.lab import LabEnv, LabVM
+from harness.browser import chromium
+from harness.manager_hub import (
+    INSTRUCTOR,
+    call,
+    cleanup,
+    login,
+    start_hub,
+    user_token,
+    vm_of,
+    wait_for,
+)
+from playwright.async_api import expect
 
 pytestmark = pytest.mark.local
 
@@ -38,23 +45,6 @@ def hub(tmp_path_factory, guest):
         yield h
     finally:
         cleanup(h)
-
-
-def vm_of(hub, name: str) -> LabVM:
-    state = hub.api("GET", f"/users/{name}").json()["servers"][""]["state"]
-    rd = Path(state["rundir"])
-    return LabVM(
-        LabEnv(
-            vm_host="127.0.0.1",
-            ssh_port=state["vm_ssh_port"],
-            gdb_remote="",
-            vmlinux="",
-            kdir="",
-            arch="x86_64",
-            ssh_key=str(rd / "id_ed25519"),
-            known_hosts=str(rd / "known_hosts"),
-        )
-    )
 
 
 def states(hub) -> list[dict]:
@@ -98,21 +88,15 @@ async def test_idle_cull_suspends_and_the_instructor_resumes_and_discards(hub):
 
     # The dashboard shows it; the instructor resumes it there.
     before = resumed_count(hub)
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page, status = await login(browser, hub, INSTRUCTOR)
-            assert status == 200
-            row = page.locator(f"#saved tbody tr[data-user='{ALICE}']")
-            await expect(row).to_contain_text("suspended", timeout=30000)
-            await expect(row).to_contain_text(f"{st['bytes'] / 1e6:.1f} MB")
-            page.on("dialog", lambda d: d.accept())
-            await row.locator("button[data-action=resume]").click()
-            await expect(page.locator("#status")).to_have_text(
-                f"resume: {ALICE} — done", timeout=60000
-            )
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page, status = await login(browser, hub, INSTRUCTOR)
+        assert status == 200
+        row = page.locator(f"#saved tbody tr[data-user='{ALICE}']")
+        await expect(row).to_contain_text("suspended", timeout=30000)
+        await expect(row).to_contain_text(f"{st['bytes'] / 1e6:.1f} MB")
+        page.on("dialog", lambda d: d.accept())
+        await row.locator("button[data-action=resume]").click()
+        await expect(page.locator("#status")).to_have_text(f"resume: {ALICE} — done", timeout=60000)
     wait_for(lambda: resumed_count(hub) > before, 120, "the VM to resume", hub)
     wait_for(lambda: (hub.server_state(ALICE) or {}).get("ready"), 120, "the server", hub)
     r = call(hub, "POST", f"api/users/{ALICE}/resume", hub.teach)

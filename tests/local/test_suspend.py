@@ -10,11 +10,11 @@ import os
 import pwd
 import shutil
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from harness.hubctl import Hub
+from harness.hubctl import running_hub
+from harness.localhelpers import messages, pinned_host_key, spawn_ok, term_run, wait_for
 
 pytestmark = pytest.mark.local
 
@@ -45,30 +45,13 @@ MODULE = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, guest):
-    h = Hub(tmp_path_factory.mktemp("suspend"), extra_config=CONFIG)
-    h.start()
-    for name in (ALICE, BOB, CAROL):  # accounts outlive a run; their saved states must not
-        try:
-            shutil.rmtree(state_dir(name), ignore_errors=True)
-        except KeyError:
-            pass
-    yield h
-    for user in h.api("GET", "/users").json():
-        if user.get("servers"):
+    with running_hub(tmp_path_factory.mktemp("suspend"), CONFIG) as h:
+        for name in (ALICE, BOB, CAROL):  # accounts outlive a run; their saved states must not
             try:
-                h.stop_server(user["name"])
-            except Exception as e:  # keep tearing down the rest
-                print(f"teardown: stopping {user['name']} failed: {e}")
-    h.stop()
-    shutil.rmtree(h.runtime_root, ignore_errors=True)
-
-
-def wait_for(predicate, timeout: float, what: str, hub: Hub) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{hub.log_tail()}")
-        time.sleep(0.5)
+                shutil.rmtree(state_dir(name), ignore_errors=True)
+            except KeyError:
+                pass
+        yield h
 
 
 def state_dir(name: str) -> Path:
@@ -80,28 +63,8 @@ def suspended(name: str) -> list[Path]:
     return sorted(d.glob("suspended-*")) if d.exists() else []
 
 
-def messages(events: list[dict]) -> str:
-    return "\n".join(e.get("message", "") for e in events)
-
-
-def spawn_ok(hub: Hub, name: str, profile: str = "kernel") -> list[dict]:
-    events = hub.spawn(name, {"profile": profile})
-    assert events[-1].get("ready"), f"{messages(events)}\n{hub.log_tail()}"
-    return events
-
-
-def known_host_key(hub: Hub, name: str) -> str:
-    return Path(hub.runtime_root, name, "known_hosts").read_text().split(" ", 1)[1].strip()
-
-
-async def term_run(term, command: str, timeout: float = 180) -> str:
-    out = await term.run(command, timeout=timeout)
-    assert term.last_status == 0, f"{command}: {out}"
-    return out
-
-
 async def test_labvm_suspend_then_start_resumes_where_the_student_left_off(hub):
-    spawn_ok(hub, ALICE)
+    spawn_ok(hub, ALICE, {"profile": "kernel"})
     pw = pwd.getpwnam(ALICE)
     src = Path(pw.pw_dir, "keepme")
     src.mkdir(exist_ok=True)
@@ -115,7 +78,7 @@ async def test_labvm_suspend_then_start_resumes_where_the_student_left_off(hub):
     await term_run(term, "labvm ssh 'echo still-here > /tmp/note'")
     before = await term_run(term, "labvm ssh 'cat /proc/sys/kernel/random/boot_id /proc/uptime'")
     boot_id, uptime = before.split()[-3], float(before.split()[-2])
-    host_key = known_host_key(hub, ALICE)
+    host_key = pinned_host_key(hub, ALICE)
 
     await term.ws.write_message('["stdin", "labvm suspend\\r"]')
     wait_for(lambda: not hub.server_state(ALICE), 120, "the suspended server to stop", hub)
@@ -124,11 +87,11 @@ async def test_labvm_suspend_then_start_resumes_where_the_student_left_off(hub):
     assert (saved[0] / "vm.state.gz").stat().st_uid == pw.pw_uid  # written as the student
     assert not Path(hub.runtime_root, ALICE).exists()
 
-    events = spawn_ok(hub, ALICE)
+    events = spawn_ok(hub, ALICE, {"profile": "kernel"})
     said = messages(events)
     assert "Resuming your suspended VM" in said and "VM resumed" in said, said
     assert "VM booting" not in said, said
-    assert known_host_key(hub, ALICE) == host_key
+    assert pinned_host_key(hub, ALICE) == host_key
     term = await hub.terminal(ALICE)
     after = await term_run(
         term, "labvm ssh 'cat /tmp/note; lsmod; cat /proc/sys/kernel/random/boot_id /proc/uptime'"
@@ -145,7 +108,7 @@ async def test_labvm_suspend_then_start_resumes_where_the_student_left_off(hub):
 
 
 async def test_checkpoints_save_restore_list_rm_and_their_errors(hub):
-    spawn_ok(hub, BOB)
+    spawn_ok(hub, BOB, {"profile": "kernel"})
     term = await hub.terminal(BOB)
     await term_run(term, "labvm ssh 'echo one > /tmp/x'")
     out = await term_run(term, "labvm snapshot save before-insmod")
@@ -174,7 +137,7 @@ async def test_checkpoints_save_restore_list_rm_and_their_errors(hub):
 
 
 async def test_full_quota_refuses_a_checkpoint_in_one_line(hub):
-    spawn_ok(hub, CAROL, "tiny")
+    spawn_ok(hub, CAROL, {"profile": "tiny"})
     term = await hub.terminal(CAROL)
     out = await term.run("labvm snapshot save big 2>&1", timeout=120)
     assert term.last_status == 1, out
@@ -184,27 +147,27 @@ async def test_full_quota_refuses_a_checkpoint_in_one_line(hub):
 
 
 def test_rest_stop_suspends_by_policy_and_another_shape_is_kept_not_restored(hub):
-    spawn_ok(hub, BOB, "always")
+    spawn_ok(hub, BOB, {"profile": "always"})
     hub.stop_server(BOB)  # DELETE through the REST API, as a culler does
     assert len(suspended(BOB)) == 1
-    events = spawn_ok(hub, BOB, "bigger")
+    events = spawn_ok(hub, BOB, {"profile": "bigger"})
     said = messages(events)
     assert "not restored" in said and "VM booting" in said, said
     assert len(suspended(BOB)) == 1  # kept for the student
     hub.stop_server(BOB)
-    events = spawn_ok(hub, BOB, "always")
+    events = spawn_ok(hub, BOB, {"profile": "always"})
     assert "VM resumed" in messages(events), messages(events)
     hub.stop_server(BOB)
 
 
 async def test_a_state_qemu_cannot_load_is_kept_aside_and_the_vm_boots(hub):
-    spawn_ok(hub, CAROL, "always")
+    spawn_ok(hub, CAROL, {"profile": "always"})
     hub.stop_server(CAROL)
     (saved,) = suspended(CAROL)
     state = saved / "vm.state.gz"
     with open(state, "r+b") as f:  # damaged (a full disk, a bad copy): still the student's
         f.truncate(state.stat().st_size // 3)
-    events = spawn_ok(hub, CAROL)
+    events = spawn_ok(hub, CAROL, {"profile": "kernel"})
     said = messages(events)
     assert "could not be resumed" in said and "VM booting" in said, said
     assert suspended(CAROL) == []
