@@ -468,13 +468,42 @@ class KubeVirtSpawner(KubeSpawner):
             if vmstatus.vm_ready(vmi):
                 return
             if time.monotonic() > deadline:
-                raise SpawnError(
-                    f"Your VM was not ready within {getattr(self, '_vm_budget', self.start_timeout):.0f}s "
-                    f"({vmstatus.describe(vm, vmi)}).",
-                    reason="vm-timeout",
-                    status_code=500,
+                budget = getattr(self, "_vm_budget", self.start_timeout)
+                message = (
+                    f"Your VM was not ready within {budget:.0f}s ({vmstatus.describe(vm, vmi)})."
                 )
+                console = await self._guest_console_tail(vmi)
+                if console:
+                    self.log.warning("Console of %s at its timeout:\n%s", self.vm_name, console)
+                    message += f" Its console ended with:\n{console}"
+                raise SpawnError(message, reason="vm-timeout", status_code=500)
             await asyncio.sleep(1)
+
+    async def _guest_console_tail(self, vmi: dict | None, lines: int = 12) -> str:
+        """The last lines the guest printed on its serial console (the launcher
+        pod's guest-console-log container), or "" when they cannot be read
+        (no instance or pod yet, console log disabled, no pods/log right)."""
+        uid = ((vmi or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return ""
+        try:
+            pods = await self.api.list_namespaced_pod(
+                self.namespace,
+                label_selector=f"{vmstatus.LAUNCHER_VMI_LABEL}={uid}",
+                _request_timeout=self.k8s_api_request_timeout,
+            )
+            for pod in pods.items:
+                text = await self.api.read_namespaced_pod_log(
+                    pod.metadata.name,
+                    self.namespace,
+                    container=vmstatus.CONSOLE_CONTAINER,
+                    tail_lines=lines * 4,
+                    _request_timeout=self.k8s_api_request_timeout,
+                )
+                return "\n".join(vmstatus.console_tail(text or "", lines))
+        except Exception as e:  # a missing console must not hide the timeout itself
+            self.log.info("No guest console for %s: %s", self.vm_name, e)
+        return ""
 
     async def _start(self):
         self.start_done = False

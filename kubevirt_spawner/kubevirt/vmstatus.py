@@ -8,6 +8,7 @@ VirtualMachineInstancePhase, VirtualMachineInstanceConditionType).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 # printableStatus values that mean "this start will not succeed by waiting",
@@ -140,3 +141,28 @@ def describe(vm: Mapping | None, vmi: Mapping | None) -> str:
     if vm_ready(vmi):
         parts.append("guest ssh ready")
     return ", ".join(parts) or "VM requested"
+
+
+# KubeVirt's launcher pods carry this label with their VMI's uid, and (unless
+# the KubeVirt CR sets virtualMachineOptions.disableSerialConsoleLog) a
+# container of this name that prints the guest's serial console.
+LAUNCHER_VMI_LABEL = "kubevirt.io/created-by"
+CONSOLE_CONTAINER = "guest-console-log"
+
+
+def console_tail(text: str, lines: int = 12, width: int = 160) -> list[str]:
+    """The last ``lines`` non-blank lines of a serial console's output, with
+    terminal escapes and other control characters taken out and each line cut
+    to ``width`` characters: what a spawn error shows of why a guest never
+    came up."""
+    out = []
+    for raw in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = _ESCAPE.sub("", raw)
+        line = "".join(c for c in line if c.isprintable() or c == "\t").strip()
+        if line:
+            out.append(line if len(line) <= width else line[: width - 1] + "…")
+    return out[-lines:] if lines > 0 else []
+
+
+# CSI sequences (ESC [ ... final), then any other ESC sequence (ESC, intermediates, final).
+_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[ -/]*[0-~])")

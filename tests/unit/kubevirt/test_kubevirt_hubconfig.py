@@ -123,6 +123,7 @@ def test_rbac_is_least_privilege():
     assert "*" not in set().union(*allowed.values())
     assert not allowed[("kubevirt.io", "virtualmachineinstances")] - {"list", "watch"}
     assert not allowed[("networking.k8s.io", "networkpolicies")] - {"create", "get", "delete"}
+    assert allowed[("", "pods/log")] == {"get"}  # read a launcher's guest console, nothing more
 
 
 @pytest.mark.parametrize("name", ["values.yaml", "rbac.yaml", "manager-rbac.yaml"])
