@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import time
 from dataclasses import fields
 from urllib.parse import urlparse
@@ -293,6 +294,10 @@ class LabManagerApp(Application):
         await asyncio.Event().wait()
 
     def start(self):
+        # Started from a background job (`nohup`, `&` in a script) it would
+        # inherit SIGINT ignored, and the hub stops services with SIGINT
+        # (kubevirt_spawner.hubchild does the same for what it starts).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             asyncio.run(self.run())
         except KeyboardInterrupt:

@@ -1,12 +1,14 @@
 """The lab manager without a hub: its store, input validation, student client,
 and the sample -> rule -> flag -> action pipeline on a real (tiny) process."""
 
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -356,7 +358,9 @@ def test_sigint_ends_the_service_quietly(tmp_path):
         "JUPYTERHUB_API_TOKEN": "t",
     }
     p = subprocess.Popen(
-        [sys.executable, "-m", "kubevirt_spawner.manager", f"--port={port}"],
+        # -X faulthandler: a manager still running 30 s after SIGINT is sent
+        # SIGABRT below, which makes it print every thread's stack.
+        [sys.executable, "-X", "faulthandler", "-m", "kubevirt_spawner.manager", f"--port={port}"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -372,7 +376,21 @@ def test_sigint_ends_the_service_quietly(tmp_path):
                 assert time.monotonic() < deadline, "the manager never listened"
                 time.sleep(0.2)
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=30)
+        try:
+            _, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            masks = [
+                f"{who} {line}"
+                for who, pid in (("manager", p.pid), ("pytest", os.getpid()))
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+            ]
+            p.send_signal(signal.SIGABRT)
+            _, err = p.communicate(timeout=30)
+            raise AssertionError(
+                f"still running 30 s after SIGINT ({masks}, pytest's SIGINT handler "
+                f"{signal.getsignal(signal.SIGINT)}); its stacks:\n{err}"
+            ) from None
     finally:
         p.kill()
     assert p.returncode == 0, err
