@@ -74,6 +74,7 @@ async def test_instructor_sees_vms_resets_one_and_it_comes_back(hub, browser):
             "points", re.compile(r"\S+ \S+"), timeout=30_000
         )
     assert await rows.count() == 2
+    await expect(page.locator("#summary")).to_have_text("2 servers, 2 VMs running")
     # Sorting by user, both ways.
     await page.click('#vms th[data-key="user"]')
     assert await rows.first.get_attribute("data-user") == BOB

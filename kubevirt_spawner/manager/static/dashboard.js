@@ -148,7 +148,8 @@ function render(now = Date.now() / 1000) {
   }));
   $("#empty").hidden = rows.length > 0;
   const running = rows.filter((r) => r.state === "running").length;
-  $("#summary").textContent = `${rows.length} servers, ${running} VMs running`;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  $("#summary").textContent = `${plural(rows.length, "server")}, ${plural(running, "VM")} running`;
   for (const th of document.querySelectorAll("#vms th[data-key]")) {
     th.setAttribute("aria-sort", th.dataset.key === sort.key
       ? (sort.dir > 0 ? "ascending" : "descending") : "none");
