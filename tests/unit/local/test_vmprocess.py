@@ -27,7 +27,14 @@ async def test_identity_and_group_stop():
     assert not vmprocess.is_same_process(ident, marker="qemu-system")
     await vmprocess.stop_process_group(ident)
     proc.wait(5)
-    assert all(vmprocess.proc_start_time(k) is None for k in kids)
+    # The leader is gone; its children were signalled with it and exit when
+    # the machine lets them (seen in CI: one still alive a moment later).
+    for _ in range(100):
+        alive = [k for k in kids if vmprocess.proc_start_time(k) is not None]
+        if not alive:
+            break
+        await asyncio.sleep(0.1)
+    assert alive == [], f"the group's children outlived the stop: {alive}"
 
 
 async def test_recycled_pid_is_not_trusted():
