@@ -144,6 +144,16 @@ class Hub:
             time.sleep(0.3)
         raise TimeoutError(f"hub did not answer in {timeout}s:\n{self.log_tail()}")
 
+    def stop_all_servers(self) -> None:
+        """Stop every user's server (teardown: a failure to stop one is printed
+        and the rest go on)."""
+        for user in self.api("GET", "/users").json():
+            if user.get("servers"):
+                try:
+                    self.stop_server(user["name"])
+                except Exception as e:  # keep tearing down the rest
+                    print(f"teardown: stopping {user['name']} failed: {e}")
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> None:
         """Stop the hub process (and its proxy); servers keep running."""
         if self.proc and self.proc.poll() is None:
@@ -373,11 +383,6 @@ def running_hub(workdir: Path, extra_config: str = "") -> Iterator[Hub]:
     try:
         yield h
     finally:
-        for user in h.api("GET", "/users").json():
-            if user.get("servers"):
-                try:
-                    h.stop_server(user["name"])
-                except Exception as e:  # keep tearing down the rest
-                    print(f"teardown: stopping {user['name']} failed: {e}")
+        h.stop_all_servers()
         h.stop()
         shutil.rmtree(h.runtime_root, ignore_errors=True)

@@ -160,12 +160,7 @@ def console_log(hub: Hub, name: str) -> str:
 
 
 def cleanup(hub: Hub) -> None:
-    for user in hub.api("GET", "/users").json():
-        if user.get("servers"):
-            try:
-                hub.stop_server(user["name"])
-            except Exception as e:  # keep tearing down the rest
-                print(f"teardown: stopping {user['name']} failed: {e}")
+    hub.stop_all_servers()
     hub.stop()
     # A hub killed with SIGKILL leaves its managed services running (JupyterHub
     # starts them in sessions of their own): end every lab manager of this hub.
